@@ -1,0 +1,110 @@
+"""The three data formats every stage reads, and turning text into padded token batches.
+
+    SFT demonstrations   {"prompt": str, "response": str}
+    preference pairs     {"prompt": str, "chosen": str, "rejected": str}
+    prompts              {"prompt": str}
+
+One JSON object per line (JSONL). Extra fields are kept and ignored. A malformed line is an error that names the
+file, the line and the field, so a bad record in a million-line file can be found and fixed.
+
+What the model sees: encode(prompt) + encode(response) + [eot]. The prompt carries its own formatting (HH-RLHF's
+"\\n\\nHuman: ...\\n\\nAssistant:", the lab's "Human: ...\\n\\nAssistant:"), and responses begin with a space.
+"""
+
+import json
+import os
+
+import torch
+
+SFT_FIELDS = ("prompt", "response")
+PREFERENCE_FIELDS = ("prompt", "chosen", "rejected")
+PROMPT_FIELDS = ("prompt",)
+
+
+class DataError(ValueError):
+    """A bad input record; the message starts with 'path:line:'."""
+
+
+def read_jsonl(path, fields):
+    """Read a JSONL file whose records must have the string `fields`. Returns a list of dicts."""
+    if not os.path.exists(path):
+        raise DataError(f"{path}: file not found")
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue  # blank lines (a trailing newline, say) are not records
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{path}:{lineno}: not valid JSON ({e.msg} at column {e.colno})") from None
+            if not isinstance(row, dict):
+                raise DataError(f"{path}:{lineno}: expected a JSON object with fields {list(fields)}")
+            for field in fields:
+                if field not in row:
+                    raise DataError(f"{path}:{lineno}: field '{field}' is missing")
+                if not isinstance(row[field], str):
+                    raise DataError(f"{path}:{lineno}: field '{field}' must be a string, got {type(row[field]).__name__}")
+            rows.append(row)
+    if not rows:
+        raise DataError(f"{path}: no records")
+    return rows
+
+
+def write_jsonl(path, rows):
+    """Write records atomically: a reader never sees half a file, and a crash leaves the old file intact."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    os.replace(tmp, path)
+
+
+# ----------------------------------------------------------------------------- tokens
+
+
+def encode_prompt(tok, prompt, max_len):
+    """Prompt ids, cut from the left to at most max_len tokens (the end of a prompt matters most).
+
+    Returns (ids, truncated) so callers can count how many prompts were cut.
+    """
+    ids = tok.encode(prompt)
+    return ids[-max_len:], len(ids) > max_len
+
+
+def encode_example(tok, prompt, response, block_size):
+    """(prompt ids, response ids + [eot]) fitting in block_size tokens, and whether the prompt was truncated.
+
+    The response keeps its end-of-text (the model must learn to stop); if prompt + response is too long the
+    prompt is cut from the left, and a response longer than half the context is cut from the right.
+    """
+    resp = tok.encode(response)[: block_size // 2 - 1] + [tok.eot_token]
+    ids, truncated = encode_prompt(tok, prompt, block_size - len(resp))
+    return ids, resp, truncated
+
+
+def left_pad(seqs, pad_id):
+    """List of id lists -> (ids (B, T) long, attention_mask (B, T) long), padded on the left.
+
+    Left padding puts every row's last real token in the last column, which is where generation appends.
+    """
+    T = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), T), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), T), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        if s:
+            ids[i, T - len(s):] = torch.tensor(s, dtype=torch.long)
+            mask[i, T - len(s):] = 1
+    return ids, mask
+
+
+def right_pad(seqs, pad_id):
+    """List of id lists -> (ids (B, T) long, attention_mask (B, T) long), padded on the right (for training)."""
+    T = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), T), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), T), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, : len(s)] = torch.tensor(s, dtype=torch.long)
+        mask[i, : len(s)] = 1
+    return ids, mask
