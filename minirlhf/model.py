@@ -180,9 +180,13 @@ class GPT(nn.Module):
             cache.length += T
         return self.transformer.ln_f(x)
 
-    def forward(self, idx, attention_mask=None):
-        """idx (B, T) -> logits (B, T, vocab_size). Logits at position t score the token at t + 1."""
-        return self.lm_head(self.hidden_states(idx, attention_mask))
+    def forward(self, idx, attention_mask=None, logits_start=0):
+        """idx (B, T) -> logits (B, T - logits_start, vocab_size). Logits at position t score the token at t + 1.
+
+        Positions before logits_start (the prompt, in RLHF) are never projected onto the vocabulary: the
+        (B, T, V) logits are the largest tensor in the whole pipeline.
+        """
+        return self.lm_head(self.hidden_states(idx, attention_mask)[:, logits_start:])
 
     @torch.no_grad()
     def generate(self, idx, attention_mask, max_new_tokens, *, eos_token_id, pad_token_id, temperature=1.0,

@@ -1,0 +1,256 @@
+"""What every training script shares, word for word: options from a dataclass, devices and DDP, seeding,
+the one log-prob function, logging, and checkpoints that can be resumed.
+
+The algorithms themselves (SFT, reward model, PPO, DPO) live in the top-level scripts, in plain sight.
+"""
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import random
+import sys
+import time
+from contextlib import nullcontext
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+import kernels
+from minirlhf.checkpoint import load_checkpoint, load_model, save_checkpoint
+from minirlhf.model import GPT, GPTConfig
+from minirlhf.tokenizer import get_tokenizer
+
+# ----------------------------------------------------------------------------- options
+
+
+def parse_args(cls, argv=None):
+    """An argparse parser built from a dataclass: one --flag per field, its help text from metadata["help"].
+
+    Also reads @file arguments (one flag per line) so runs can be kept as flag files under runs/.
+    """
+    parser = argparse.ArgumentParser(description=sys.modules[cls.__module__].__doc__, fromfile_prefix_chars="@",
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.convert_arg_line_args = lambda line: line.split("#")[0].split()  # comments and "--flag value" lines
+    for f in dataclasses.fields(cls):
+        help_text = f"{f.metadata.get('help', '')} (default: {f.default!r})"
+        if f.type in (bool, "bool"):
+            parser.add_argument(f"--{f.name}", type=_to_bool, default=f.default, metavar="BOOL", help=help_text)
+        else:
+            kind = {"int": int, "float": float, "str": str}.get(f.type, f.type)
+            parser.add_argument(f"--{f.name}", type=kind, default=f.default, help=help_text)
+    return cls(**vars(parser.parse_args(argv)))
+
+
+def _to_bool(s):
+    if s.lower() in ("1", "true", "yes", "on"):
+        return True
+    if s.lower() in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {s!r}")
+
+
+def opt(default, help):
+    """A dataclass field with a help text (shown by --help)."""
+    return dataclasses.field(default=default, metadata={"help": help})
+
+
+# ----------------------------------------------------------------------------- devices, DDP, seeds
+
+
+@dataclasses.dataclass
+class Runtime:
+    rank: int
+    world_size: int
+    device: str
+    master: bool  # rank 0 writes checkpoints and logs
+
+    def autocast(self, dtype):
+        """bf16 autocast on GPU when asked for; fp32 everywhere else (CPU bf16 is slow and not what we test)."""
+        if dtype == "bfloat16" and self.device.startswith("cuda"):
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return nullcontext()
+
+
+def setup_runtime(device="auto"):
+    """Single process, or one process per rank under torchrun (RANK / WORLD_SIZE set): gloo on CPU, nccl on GPU."""
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
+        rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+        if device.startswith("cuda"):
+            local = int(os.environ.get("LOCAL_RANK", 0))
+            device = f"cuda:{local}"
+            torch.cuda.set_device(device)
+        if not dist.is_initialized():
+            dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+        return Runtime(rank, world, device, rank == 0)
+    return Runtime(0, 1, device, True)
+
+
+def seed_everything(seed):
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def step_generator(seed, step, rank=0, device="cpu"):
+    """A generator seeded from (seed, step, rank): what a step samples depends on nothing else, so a resumed run
+    draws exactly what an uninterrupted one would, and each DDP rank draws differently."""
+    g = torch.Generator(device=device)
+    g.manual_seed(seed * 1_000_003 + step * 7919 + rank * 104_729)
+    return g
+
+
+def cosine_lr(step, max_steps, lr, warmup):
+    if step < warmup:
+        return lr * (step + 1) / warmup
+    progress = (step - warmup) / max(1, max_steps - warmup)
+    return lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))  # decay to 10 % of lr
+
+
+def all_reduce_sum(x, rt):
+    """Sum a float over ranks (token counts, loss sums, metrics)."""
+    if rt.world_size == 1:
+        return float(x)
+    t = torch.tensor(float(x), dtype=torch.float64, device=rt.device)
+    dist.all_reduce(t)
+    return t.item()
+
+
+def all_reduce_mean(x, rt):
+    return all_reduce_sum(x, rt) / rt.world_size
+
+
+def check_ranks_in_sync(model, rt):
+    """DDP keeps every rank's weights identical; verify it (a cheap checksum) before a run ends."""
+    if rt.world_size == 1:
+        return
+    checksum = torch.tensor([sum(p.double().sum().item() for p in model.parameters())], device=rt.device)
+    gathered = [torch.zeros_like(checksum) for _ in range(rt.world_size)]
+    dist.all_gather(gathered, checksum)
+    values = [g.item() for g in gathered]
+    if max(values) != min(values):
+        raise RuntimeError(f"ranks out of sync: weight checksums {values}")
+    if rt.master:
+        print(f"ranks in sync: {rt.world_size} ranks, weight checksum {values[0]:.10g}")
+    dist.destroy_process_group()
+
+
+# ----------------------------------------------------------------------------- the one log-prob function
+
+
+def response_logprobs(model, tokens, mask, start, temperature=1.0, return_entropy=False):
+    """log p(tokens[:, t]) for t >= start, under `model`, for every stage (rollout, reference, update, DPO).
+
+    tokens, mask: (B, T), prompt + response, left- or right-padded (positions come from the mask).
+    Logits at position t score the token at t + 1, so the response tokens tokens[:, start:] are scored by
+    logits[:, start - 1 : T - 1]. Only those positions go through the vocabulary projection, and the log-probs
+    come from `kernels.logprobs` (fp32 logsumexp; Triton on GPU). Returns (B, T - start) fp32 (and entropy).
+    `model` may be DDP-wrapped: it is called, not reached into, so gradients synchronise.
+    """
+    logits = model(tokens, mask, logits_start=start - 1)[:, :-1]  # (B, T - start, V): the only logits alive
+    return kernels.logprobs(logits, tokens[:, start:], temperature=temperature, return_entropy=return_entropy)
+
+
+def last_token_values(values, mask):
+    """values (B, T) -> (B,): the value at each row's last real token, for left or right padding.
+
+    The reward model is read there: after the end-of-text it has seen the whole response.
+    """
+    T = mask.size(1)
+    last = T - 1 - mask.long().flip(1).argmax(1)  # index of the last 1 in each row
+    return values.gather(1, last[:, None]).squeeze(1)
+
+
+# ----------------------------------------------------------------------------- models in, checkpoints out
+
+
+def init_policy(init_from, tokenizer_name, block_size, device):
+    """A GPT for SFT: 'scratch:PRESET' (e.g. scratch:small), a Hugging Face GPT-2 folder or hub name, or one of
+    our checkpoints. Returns (model, tokenizer)."""
+    tok = get_tokenizer(tokenizer_name)
+    if init_from.startswith("scratch:"):
+        model = GPT(GPTConfig.preset(init_from.split(":", 1)[1], vocab_size=tok.vocab_size, block_size=block_size))
+    elif init_from.endswith(".pt"):
+        model, ckpt_tok, _ = load_model(init_from, expect="gpt")
+        if ckpt_tok.name != tok.name:
+            raise ValueError(f"{init_from} was trained with tokenizer {ckpt_tok.name!r}, not {tok.name!r}")
+    else:
+        model = GPT.from_pretrained(init_from, vocab_size=tok.vocab_size)
+    if model.config.vocab_size < tok.vocab_size:
+        raise ValueError(f"model vocabulary {model.config.vocab_size} < tokenizer's {tok.vocab_size}")
+    return model.to(device).train(), tok
+
+
+def resume_path(out_dir):
+    return os.path.join(out_dir, "ckpt.pt")
+
+
+def training_state(optimizer, **extra):
+    """What a checkpoint needs beyond the weights to continue exactly where it stopped."""
+    return dict(optimizer=optimizer.state_dict(), torch_rng=torch.get_rng_state(),
+                python_rng=random.getstate(), numpy_rng=np.random.get_state(), **extra)
+
+
+def restore_training_state(ckpt, optimizer):
+    optimizer.load_state_dict(ckpt["optimizer"])
+    torch.set_rng_state(ckpt["torch_rng"])
+    random.setstate(ckpt["python_rng"])
+    np.random.set_state(ckpt["numpy_rng"])
+    return ckpt["step"]
+
+
+def load_resume(out_dir, expect="gpt"):
+    path = resume_path(out_dir)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"--resume given but {path} does not exist")
+    return load_checkpoint(path, expect=expect)
+
+
+def check_finite(value, name, step, out_dir):
+    """Stop on NaN / inf before it reaches the weights; the last checkpoint on disk stays the last good one."""
+    if not math.isfinite(value):
+        raise FloatingPointError(f"{name} is {value} at step {step}: stopping. The last good checkpoint is "
+                                 f"{resume_path(out_dir)} (if one was written); lower the learning rate and --resume.")
+
+
+class Logger:
+    """One '|'-separated line per step on stdout, the same as a JSON object per line in out_dir/log.jsonl,
+    and optionally wandb."""
+
+    def __init__(self, out_dir, enabled, wandb_project="", run_config=None, resume=False):
+        self.enabled = enabled
+        self.path = os.path.join(out_dir, "log.jsonl")
+        self.t0 = time.time()
+        self.wandb = None
+        if enabled:
+            os.makedirs(out_dir, exist_ok=True)
+            if not resume and os.path.exists(self.path):
+                os.remove(self.path)
+            if wandb_project:
+                import wandb
+                self.wandb = wandb.init(project=wandb_project, config=run_config)
+
+    def log(self, step, metrics, line_keys):
+        if not self.enabled:
+            return
+        metrics = {"step": step, "time/elapsed": round(time.time() - self.t0, 2), **metrics}
+        with open(self.path, "a") as f:
+            f.write(json.dumps(metrics) + "\n")
+        parts = [f"step {step}"] + [f"{k} {_fmt(metrics[k])}" for k in line_keys if k in metrics]
+        print(" | ".join(parts), flush=True)
+        if self.wandb is not None:
+            self.wandb.log({k: v for k, v in metrics.items() if isinstance(v, (int, float))}, step=step)
+
+
+def _fmt(v):
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def save_training_checkpoint(rt, out_dir, model, *, stage, tokenizer_name, step, args, optimizer, **extra):
+    if rt.master:
+        save_checkpoint(resume_path(out_dir), model, stage=stage, tokenizer_name=tokenizer_name, step=step,
+                        config=dataclasses.asdict(args), **training_state(optimizer), **extra)

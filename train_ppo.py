@@ -1,0 +1,322 @@
+"""Stage 3 of RLHF: PPO against the reward model, with a per-token KL penalty to the SFT model.
+
+    python train_ppo.py --prompts data/lab/prompts_train.jsonl --sft_ckpt out/sft/ckpt.pt --rm_ckpt out/rm/ckpt.pt
+    torchrun --nproc_per_node=2 train_ppo.py ...
+    python train_ppo.py --out_dir out/ppo --resume true
+
+One iteration:
+  1. rollout   sample a response per prompt from the policy at temperature T (no top-k / top-p), KV cache;
+  2. score     in one no-grad pass: log-probs of the sampled tokens under the policy and the frozen SFT
+               reference, values V(s_t) from the value model, the reward model's score at the last real token
+               (a fixed score for a response that never emitted end-of-text);
+  3. rewards   r_t = -kl_coef * (log pi(a_t) - log pi_ref(a_t)) on every response token, plus the score on the
+               last one; advantages by GAE (gamma = 1, lambda = 0.95), returns = advantages + values, then
+               advantages whitened over valid tokens;
+  4. update    ppo_epochs passes over the batch in shuffled minibatches (micro-batches accumulate gradients):
+               clipped policy loss, clipped value loss, both averaged over the minibatch's valid tokens.
+
+The details that decide whether it works (numbered as in the list they come from):
+  1  one log-prob function (minirlhf.training.response_logprobs) for rollout, reference and update: on the first
+     minibatch the ratio is 1 and approx-KL 0 (logged as policy/first_ratio_error; a test checks it);
+  2  the logits are divided by the sampling temperature for policy (old and new) and reference;
+  3  dropout off: every model stays in eval mode (it only switches dropout; there is no batch norm);
+  4  a pad token distinct from end-of-text, prompts left-padded, positions from the attention mask;
+  5  everything after the first end-of-text is masked out of log-probs, KL, values, advantages, whitening and
+     loss means; a response with no end-of-text gets the fixed score no_eos_score;
+  6  reward = per-token KL penalty + final score, kl_coef fixed or adaptive (Ziegler et al.);
+  8  the value model starts from the reward model; clipped value loss;
+  9  advantage whitening over valid tokens; ratio clipped at 1 +- clip_range;
+ 10  batch -> minibatches -> micro-batches, reshuffled every epoch; fp32 logsumexp; logits only for responses.
+
+Simplifications: one response per prompt; separate AdamW optimizers for policy and value model (no shared
+trunk); advantages are whitened over all ranks' tokens, other statistics are per-rank means averaged.
+"""
+
+import dataclasses
+import os
+import time
+from contextlib import ExitStack
+from dataclasses import dataclass
+
+import torch
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from minirlhf.checkpoint import load_model
+from minirlhf.data import PROMPT_FIELDS, encode_prompt, left_pad, read_jsonl
+from minirlhf.model import ScalarGPT
+from minirlhf.training import (Logger, all_reduce_mean, all_reduce_sum, check_finite, check_ranks_in_sync, last_token_values, load_resume,
+                               opt, parse_args, response_logprobs, resume_path, restore_training_state,
+                               save_training_checkpoint, seed_everything, setup_runtime, step_generator)
+
+
+@dataclass
+class Args:
+    prompts: str = opt("data/lab/prompts_train.jsonl", "prompts JSONL: {'prompt'} per line")
+    eval_prompts: str = opt("data/lab/prompts_eval.jsonl", "held-out prompts for the periodic gold evaluation (lab prompts only; '' = none)")
+    sft_ckpt: str = opt("out/sft/ckpt.pt", "SFT checkpoint: the initial policy and the frozen reference")
+    rm_ckpt: str = opt("out/rm/ckpt.pt", "reward model checkpoint (also the value model's initialisation)")
+    out_dir: str = opt("out/ppo", "where ckpt.pt and log.jsonl go")
+    num_iters: int = opt(60, "PPO iterations (rollout + update)")
+    batch_size: int = opt(64, "rollouts per iteration, over all ranks")
+    num_minibatches: int = opt(4, "minibatches per epoch (one optimizer step each)")
+    micro_batch_size: int = opt(16, "rollouts per forward/backward (gradient accumulation within a minibatch)")
+    ppo_epochs: int = opt(4, "passes over each batch")
+    max_prompt_len: int = opt(64, "prompts are cut from the left to this many tokens")
+    max_new_tokens: int = opt(32, "response length limit")
+    temperature: float = opt(0.7, "sampling temperature; log-probs use the same")
+    lr: float = opt(3e-5, "policy learning rate (AdamW, constant)")
+    value_lr: float = opt(1e-4, "value model learning rate")
+    kl_coef: float = opt(0.05, "beta: weight of the per-token KL penalty")
+    adaptive_kl: bool = opt(False, "adapt kl_coef toward target_kl (Ziegler et al. 2019)")
+    target_kl: float = opt(2.0, "adaptive_kl: target sequence KL (nats)")
+    kl_horizon: int = opt(10000, "adaptive_kl: horizon in rollouts")
+    gamma: float = opt(1.0, "discount")
+    lam: float = opt(0.95, "GAE lambda")
+    clip_range: float = opt(0.2, "PPO ratio clip epsilon")
+    clip_range_value: float = opt(0.2, "value clip around the rollout values")
+    no_eos_score: float = opt(-3.0, "score for a response with no end-of-text (normalised reward units)")
+    grad_clip: float = opt(1.0, "clip gradient norms to this (0 = off)")
+    eval_interval: int = opt(10, "iterations between held-out gold evaluations (lab prompts)")
+    ckpt_interval: int = opt(10, "iterations between checkpoints (one is always written at the end)")
+    log_samples: int = opt(2, "sample generations printed with each log line")
+    seed: int = opt(1337, "random seed")
+    device: str = opt("auto", "'auto', 'cpu', 'cuda', 'cuda:1', ...")
+    dtype: str = opt("bfloat16", "autocast dtype on GPU ('bfloat16' or 'float32'); CPU always runs fp32")
+    resume: bool = opt(False, "continue from out_dir/ckpt.pt (policy, value model, optimizers, iteration, RNG)")
+    wandb_project: str = opt("", "log to this wandb project ('' = off)")
+
+
+# ----------------------------------------------------------------------------- the math
+
+
+def gae(rewards, values, gamma, lam):
+    """Generalised advantage estimation over the response tokens.
+
+    rewards, values: (B, R), zero after each row's last real token (so nothing flows back from padding).
+    delta_t = r_t + gamma * V(s_{t+1}) - V(s_t);  A_t = delta_t + gamma * lam * A_{t+1};  V(s_R) = 0.
+    """
+    advantages = torch.zeros_like(rewards)
+    next_advantage = torch.zeros_like(rewards[:, 0])
+    R = rewards.size(1)
+    for t in reversed(range(R)):
+        next_value = values[:, t + 1] if t + 1 < R else torch.zeros_like(values[:, 0])
+        delta = rewards[:, t] + gamma * next_value - values[:, t]
+        next_advantage = delta + gamma * lam * next_advantage
+        advantages[:, t] = next_advantage
+    return advantages
+
+
+def masked_whiten(x, mask, rt):
+    """(x - mean) / std over the valid tokens of every rank; zeros elsewhere."""
+    m = mask.float()
+    n = all_reduce_sum(m.sum().item(), rt)
+    mean = all_reduce_sum((x * m).sum().item(), rt) / n
+    var = all_reduce_sum((((x - mean) * m) ** 2).sum().item(), rt) / max(n - 1, 1)
+    return (x - mean) * torch.rsqrt(torch.tensor(var + 1e-8)) * m
+
+
+@torch.no_grad()
+def rollout_scores(policy, ref_policy, value_model, reward_model, tokens, mask, P, args):
+    """The no-grad scoring pass, in micro-batches: (logprobs, ref_logprobs, values, raw_scores).
+
+    Per-token tensors are (B, R) over the response columns tokens[:, P:], zero after each row's end."""
+    out = [], [], [], []
+    for i in range(0, tokens.size(0), args.micro_batch_size):
+        t, m = tokens[i: i + args.micro_batch_size], mask[i: i + args.micro_batch_size]
+        out[0].append(response_logprobs(policy, t, m, P, args.temperature))
+        out[1].append(response_logprobs(ref_policy, t, m, P, args.temperature))
+        out[2].append(value_model(t, m)[:, P - 1: -1])  # V(s_t): the state just before response token t
+        out[3].append(last_token_values(reward_model(t, m), m))
+    logprobs, ref_logprobs, values, raw_scores = (torch.cat(x) for x in out)
+    valid = mask[:, P:].float()
+    return logprobs * valid, ref_logprobs * valid, values * valid, raw_scores
+
+
+def kl_penalised_rewards(logprobs, ref_logprobs, raw_scores, response, response_mask, eot, kl_coef, no_eos_score):
+    """r_t = -kl_coef * (log pi - log pi_ref) on every valid token, plus the score on the last one.
+
+    A response that never emitted end-of-text was cut off by the length limit: its reward-model score would
+    judge an unfinished text, so it gets the fixed no_eos_score instead. Returns (rewards, kl, scores, ended).
+    """
+    ended = (response == eot).any(1)
+    scores = torch.where(ended, raw_scores, torch.full_like(raw_scores, no_eos_score))
+    kl = (logprobs - ref_logprobs) * response_mask  # per-token log-ratio: its sum estimates the sequence KL
+    rewards = -kl_coef * kl
+    last = response_mask.long().sum(1) - 1  # index of each row's last real response token
+    rewards[torch.arange(rewards.size(0)), last] += scores
+    return rewards, kl, scores, ended
+
+
+def main(args):
+    rt = setup_runtime(args.device)
+    seed_everything(args.seed + rt.rank)
+    os.makedirs(args.out_dir, exist_ok=True)
+
+    # ---- four models: policy and value are trained; reference and reward model are frozen. All in eval mode.
+    policy, tok, _ = load_model(args.sft_ckpt, expect="gpt", device=rt.device)
+    ref_policy, _, _ = load_model(args.sft_ckpt, expect="gpt", device=rt.device)
+    reward_model, rm_tok, rm_ckpt = load_model(args.rm_ckpt, expect="scalar", device=rt.device)
+    value_model, _, _ = load_model(args.rm_ckpt, expect="scalar", device=rt.device)
+    if rm_tok.name != tok.name:
+        raise ValueError(f"SFT model uses tokenizer {tok.name!r} but the reward model uses {rm_tok.name!r}")
+    if not rm_ckpt.get("normalised"):
+        print(f"warning: {args.rm_ckpt} is not normalised on SFT samples; no_eos_score and kl_coef lose their scale")
+    for frozen in (ref_policy, reward_model):
+        frozen.requires_grad_(False)
+    policy_opt = torch.optim.AdamW(policy.parameters(), lr=args.lr, betas=(0.9, 0.95), weight_decay=0.0)
+    value_opt = torch.optim.AdamW(value_model.parameters(), lr=args.value_lr, betas=(0.9, 0.95), weight_decay=0.0)
+    kl_coef, it = args.kl_coef, 0
+    if args.resume:
+        ckpt = load_resume(args.out_dir)
+        policy.load_state_dict(ckpt["model"])
+        value_model.load_state_dict(ckpt["value_model"])
+        value_opt.load_state_dict(ckpt["value_optimizer"])
+        it, kl_coef = restore_training_state(ckpt, policy_opt), ckpt["kl_coef"]
+        if rt.master:
+            print(f"resumed from {resume_path(args.out_dir)} at iteration {it}")
+    policy_ddp = DDP(policy) if rt.world_size > 1 else policy
+    value_ddp = DDP(value_model) if rt.world_size > 1 else value_model
+    logger = Logger(args.out_dir, rt.master, args.wandb_project, dataclasses.asdict(args), resume=args.resume)
+
+    # ---- prompts; lab prompts (with a "family" field) are also judged by the gold judge
+    rows = read_jsonl(args.prompts, PROMPT_FIELDS)
+    encoded = [encode_prompt(tok, r["prompt"], args.max_prompt_len) for r in rows]
+    prompts = [ids for ids, _ in encoded]
+    is_lab = all("family" in r for r in rows)
+    eval_rows = read_jsonl(args.eval_prompts, PROMPT_FIELDS) if is_lab and args.eval_prompts else []
+    if rt.master:
+        print(f"{len(prompts)} prompts ({sum(c for _, c in encoded)} cut from the left to {args.max_prompt_len} "
+              f"tokens); policy {policy.num_params() / 1e6:.2f}M parameters on {rt.device}; world size {rt.world_size}")
+    per_rank = args.batch_size // rt.world_size
+    mb_size = per_rank // args.num_minibatches
+    assert per_rank % args.num_minibatches == 0 and mb_size % min(args.micro_batch_size, mb_size) == 0, \
+        "batch_size / world_size / num_minibatches must be a multiple of micro_batch_size"
+    micro = min(args.micro_batch_size, mb_size)
+
+    while it < args.num_iters:
+        # ---- 1. rollout
+        t0 = time.time()
+        pick = torch.randint(len(prompts), (per_rank,), generator=step_generator(args.seed, it, rt.rank)).tolist()
+        ids, prompt_mask = left_pad([prompts[i] for i in pick], tok.pad_token)
+        tokens, mask = policy.generate(ids.to(rt.device), prompt_mask.to(rt.device), args.max_new_tokens,
+                                       eos_token_id=tok.eot_token, pad_token_id=tok.pad_token,
+                                       temperature=args.temperature,
+                                       generator=step_generator(args.seed, it, rt.rank, rt.device))
+        P = ids.size(1)
+        response, response_mask = tokens[:, P:], mask[:, P:]  # (B, R); tokens after the end-of-text are masked
+        t_generate = time.time() - t0
+
+        # ---- 2. score
+        t0 = time.time()
+        with rt.autocast(args.dtype):
+            logprobs, ref_logprobs, values, raw_scores = rollout_scores(
+                policy, ref_policy, value_model, reward_model, tokens, mask, P, args)
+        m = response_mask.float()
+        t_score = time.time() - t0
+
+        # ---- 3. rewards, advantages, returns
+        with torch.no_grad():
+            rewards, kl, scores, ended = kl_penalised_rewards(logprobs, ref_logprobs, raw_scores, response, m,
+                                                              tok.eot_token, kl_coef, args.no_eos_score)
+            advantages = gae(rewards, values, args.gamma, args.lam)
+            returns = advantages + values  # before whitening
+            advantages = masked_whiten(advantages, response_mask, rt)
+
+        # ---- 4. PPO update: epochs x minibatches x micro-batches
+        t0 = time.time()
+        stats = {k: [] for k in ("pg_loss", "vf_loss", "approx_kl", "clipfrac", "entropy", "ratio")}
+        first_ratio_error = None
+        for epoch in range(args.ppo_epochs):
+            order = torch.randperm(per_rank, generator=step_generator(args.seed + 1, it * args.ppo_epochs + epoch, rt.rank))
+            for start in range(0, per_rank, mb_size):
+                mb = order[start: start + mb_size]
+                n_valid = m[mb].sum()  # the minibatch's valid tokens: every loss is a mean over them
+                chunks = list(mb.split(micro))
+                for k, idx in enumerate(chunks):
+                    with ExitStack() as stack:
+                        if rt.world_size > 1 and k < len(chunks) - 1:  # synchronise gradients once per minibatch
+                            stack.enter_context(policy_ddp.no_sync())
+                            stack.enter_context(value_ddp.no_sync())
+                        stack.enter_context(rt.autocast(args.dtype))
+                        mk = m[idx]
+                        new_logprobs, entropy = response_logprobs(policy_ddp, tokens[idx], mask[idx], P,
+                                                                  args.temperature, return_entropy=True)
+                        logratio = (new_logprobs - logprobs[idx]) * mk
+                        ratio = torch.exp(logratio)
+                        adv = advantages[idx]
+                        pg_losses = torch.max(-adv * ratio, -adv * ratio.clamp(1 - args.clip_range, 1 + args.clip_range))
+                        pg_loss = (pg_losses * mk).sum() / n_valid
+
+                        new_values = value_ddp(tokens[idx], mask[idx])[:, P - 1: -1]
+                        v_clipped = values[idx] + (new_values - values[idx]).clamp(-args.clip_range_value, args.clip_range_value)
+                        vf_losses = torch.max((new_values - returns[idx]) ** 2, (v_clipped - returns[idx]) ** 2)
+                        vf_loss = 0.5 * (vf_losses * mk).sum() / n_valid
+                        (pg_loss + vf_loss).backward()  # separate models: each loss reaches only its own
+
+                    with torch.no_grad():
+                        n_mk = mk.sum()
+                        if first_ratio_error is None:
+                            first_ratio_error = ((ratio - 1).abs() * mk).max().item()
+                        stats["pg_loss"].append(pg_loss.item() * n_valid.item() / n_mk.item())
+                        stats["vf_loss"].append(vf_loss.item() * n_valid.item() / n_mk.item())
+                        stats["approx_kl"].append((0.5 * logratio ** 2 * mk).sum().item() / n_mk.item())
+                        stats["clipfrac"].append((((ratio - 1).abs() > args.clip_range).float() * mk).sum().item() / n_mk.item())
+                        stats["entropy"].append((entropy * mk).sum().item() / n_mk.item())
+                        stats["ratio"].append((ratio * mk).sum().item() / n_mk.item())
+                check_finite(stats["pg_loss"][-1] + stats["vf_loss"][-1], "PPO loss", it, args.out_dir)
+                for model, optimizer in ((policy, policy_opt), (value_model, value_opt)):
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip or float("inf"))
+                    optimizer.step()
+                    optimizer.zero_grad(set_to_none=True)
+        t_update = time.time() - t0
+
+        # ---- statistics, adaptive KL, evaluation, checkpoint
+        seq_kl = kl.sum(1)  # (B,) sequence KL estimate
+        mean_kl = all_reduce_mean(seq_kl.mean().item(), rt)
+        valid_returns, valid_values = returns[response_mask], values[response_mask]
+        explained_var = 1 - (valid_returns - valid_values).var() / valid_returns.var().clamp(min=1e-8)
+        metrics = {
+            "objective/rm_score": all_reduce_mean(raw_scores.mean().item(), rt),
+            "objective/score": all_reduce_mean(scores.mean().item(), rt),
+            "objective/kl": mean_kl,
+            "objective/reward": all_reduce_mean((scores - kl_coef * seq_kl).mean().item(), rt),
+            "objective/kl_coef": kl_coef,
+            **{f"policy/{k}": all_reduce_mean(sum(stats[k]) / len(stats[k]), rt)
+               for k in ("approx_kl", "clipfrac", "entropy", "ratio")},
+            "policy/loss": all_reduce_mean(sum(stats["pg_loss"]) / len(stats["pg_loss"]), rt),
+            "policy/first_ratio_error": first_ratio_error,
+            "value/loss": all_reduce_mean(sum(stats["vf_loss"]) / len(stats["vf_loss"]), rt),
+            "value/explained_var": all_reduce_mean(explained_var.item(), rt),
+            "rollout/eos_rate": all_reduce_mean(ended.float().mean().item(), rt),
+            "rollout/response_len": all_reduce_mean(response_mask.float().sum(1).mean().item(), rt),
+            "time/generate": t_generate, "time/score": t_score, "time/update": t_update,
+        }
+        texts = [tok.decode(response[b][response_mask[b]].tolist()).removesuffix("<|endoftext|>") for b in range(per_rank)]
+        if is_lab:  # the truth, which the policy never sees: gold score of this iteration's own rollouts
+            from minirlhf.lab import gold
+            golds = [gold(rows[i]["prompt"], text, ended=bool(e)).score for i, text, e in zip(pick, texts, ended)]
+            metrics["lab/gold"] = all_reduce_mean(sum(golds) / len(golds), rt)
+        if args.adaptive_kl:  # proportional controller: raise beta when KL is above target, lower it below
+            error = max(-0.2, min(0.2, mean_kl / args.target_kl - 1))
+            kl_coef *= 1 + error * args.batch_size / args.kl_horizon
+        it += 1
+        if eval_rows and rt.master and (it % args.eval_interval == 0 or it == args.num_iters):
+            from minirlhf.lab.evaluate import evaluate_policy
+            report = evaluate_policy(policy, tok, [r["prompt"] for r in eval_rows], temperature=args.temperature,
+                                     max_new_tokens=args.max_new_tokens, seed=args.seed)
+            metrics.update({f"eval/{k}": v for k, v in report.items() if isinstance(v, (int, float))})
+        logger.log(it, metrics, ["objective/rm_score", "objective/kl", "lab/gold", "eval/gold", "policy/approx_kl",
+                                 "policy/clipfrac", "value/explained_var", "rollout/eos_rate", "time/generate",
+                                 "time/score", "time/update"])
+        if rt.master and args.log_samples:
+            for b in range(min(args.log_samples, per_rank)):
+                print(f"    {rows[pick[b]]['prompt']!r} -> {texts[b]!r}  (score {scores[b].item():+.2f})")
+        if it % args.ckpt_interval == 0 or it == args.num_iters:
+            save_training_checkpoint(rt, args.out_dir, policy, stage="ppo", tokenizer_name=tok.name, step=it,
+                                     args=args, optimizer=policy_opt, kl_coef=kl_coef,
+                                     value_model=value_model.state_dict(), value_optimizer=value_opt.state_dict())
+    check_ranks_in_sync(policy, rt)
+
+
+if __name__ == "__main__":
+    main(parse_args(Args))

@@ -1,0 +1,208 @@
+"""Stage 2 of RLHF: a reward model from preference pairs (Bradley-Terry).
+
+    python train_rm.py --train_data data/lab/prefs.jsonl --sft_ckpt out/sft/ckpt.pt --out_dir out/rm
+    torchrun --nproc_per_node=2 train_rm.py ...
+    python train_rm.py --out_dir out/rm --resume true
+
+The reward model is the SFT model with its vocabulary head replaced by a scalar head (std 1/sqrt(d+1)), read at
+the last real token of prompt + response (the end-of-text when there is one). Bradley-Terry: a person prefers
+A to B with probability sigmoid(r(A) - r(B)), so the loss is -log sigmoid(r(chosen) - r(rejected)).
+
+After training, the output is normalised so that responses *sampled from the SFT model* score mean 0 and std 1:
+r' = (r - mean) / std, folded into the head's weight and bias. PPO's KL coefficient and missing-EOS penalty are
+then in units of "one standard deviation of SFT reward", the same for every run.
+
+Simplifications: pairs are drawn with replacement in random batches; without --eval_data a fraction of the
+training pairs is held out for the accuracy report.
+"""
+
+import dataclasses
+import os
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from minirlhf.checkpoint import load_model
+from minirlhf.data import PREFERENCE_FIELDS, encode_example, encode_prompt, left_pad, read_jsonl, right_pad
+from minirlhf.model import ScalarGPT
+from minirlhf.training import (Logger, all_reduce_sum, check_finite, check_ranks_in_sync, cosine_lr, last_token_values, load_resume, opt,
+                               parse_args, restore_training_state, resume_path, save_training_checkpoint,
+                               seed_everything, setup_runtime, step_generator)
+
+
+@dataclass
+class Args:
+    train_data: str = opt("data/lab/prefs.jsonl", "preference JSONL: {'prompt', 'chosen', 'rejected'} per line")
+    eval_data: str = opt("", "held-out preference JSONL ('' = hold out eval_fraction of train_data)")
+    eval_fraction: float = opt(0.1, "fraction of train_data held out when there is no eval_data")
+    out_dir: str = opt("out/rm", "where ckpt.pt and log.jsonl go")
+    sft_ckpt: str = opt("out/sft/ckpt.pt", "the SFT checkpoint the reward model starts from")
+    batch_size: int = opt(32, "pairs per optimizer step, over all ranks and micro-batches")
+    micro_batch_size: int = opt(32, "pairs per forward/backward (gradient accumulation makes up the rest)")
+    max_steps: int = opt(200, "optimizer steps")
+    lr: float = opt(3e-4, "peak learning rate (AdamW)")
+    warmup_steps: int = opt(10, "linear warm-up steps")
+    weight_decay: float = opt(0.01, "AdamW weight decay on matrices")
+    grad_clip: float = opt(1.0, "clip the gradient norm to this (0 = off)")
+    eval_interval: int = opt(50, "steps between held-out evaluations")
+    log_interval: int = opt(10, "steps between log lines")
+    ckpt_interval: int = opt(100, "steps between checkpoints (one is always written at the end)")
+    norm_samples: int = opt(256, "SFT samples the output is normalised on (mean 0, std 1)")
+    norm_temperature: float = opt(0.7, "sampling temperature for those samples (use PPO's)")
+    max_new_tokens: int = opt(48, "response length limit for those samples")
+    seed: int = opt(1337, "random seed")
+    device: str = opt("auto", "'auto', 'cpu', 'cuda', 'cuda:1', ...")
+    dtype: str = opt("bfloat16", "autocast dtype on GPU ('bfloat16' or 'float32'); CPU always runs fp32")
+    resume: bool = opt(False, "continue from out_dir/ckpt.pt (weights, optimizer, step, RNG)")
+    wandb_project: str = opt("", "log to this wandb project ('' = off)")
+
+
+def load_pairs(path, tok, block_size):
+    """JSONL -> list of (chosen ids, rejected ids), each prompt + response + eot; counts prompts cut."""
+    rows = read_jsonl(path, PREFERENCE_FIELDS)
+    pairs, n_cut = [], 0
+    for row in rows:
+        pc, rc, cut1 = encode_example(tok, row["prompt"], row["chosen"], block_size)
+        pr, rr, cut2 = encode_example(tok, row["prompt"], row["rejected"], block_size)
+        pairs.append((pc + rc, pr + rr, row["prompt"]))
+        n_cut += cut1 or cut2
+    return pairs, n_cut
+
+
+def make_batch(pairs, device, pad_id):
+    """Chosen rows then rejected rows in one right-padded (2B, T) batch: one forward pass scores both."""
+    ids, mask = right_pad([c for c, _, _ in pairs] + [r for _, r, _ in pairs], pad_id)
+    return ids.to(device), mask.to(device)
+
+
+def bradley_terry(model, ids, mask):
+    """Summed loss -log sigmoid(r_chosen - r_rejected), number of pairs, number ranked correctly."""
+    rewards = last_token_values(model(ids, mask), mask)  # (2B,)
+    chosen, rejected = rewards.chunk(2)
+    return -F.logsigmoid(chosen - rejected).sum(), chosen.numel(), (chosen > rejected).sum()
+
+
+@torch.no_grad()
+def normalise_on_sft_samples(rm, sft, tok, prompts, args, device):
+    """Fold (r - mean) / std over SFT samples into the score head. Returns (mean, std) before folding."""
+    g = step_generator(args.seed, 0, device=device)
+    pick = torch.randint(len(prompts), (args.norm_samples,), generator=torch.Generator().manual_seed(args.seed))
+    scores = []
+    for i in range(0, args.norm_samples, 64):
+        batch = [encode_prompt(tok, prompts[j], sft.config.block_size - args.max_new_tokens)[0] for j in pick[i: i + 64]]
+        ids, mask = left_pad(batch, tok.pad_token)
+        tokens, tmask = sft.generate(ids.to(device), mask.to(device), args.max_new_tokens, eos_token_id=tok.eot_token,
+                                     pad_token_id=tok.pad_token, temperature=args.norm_temperature, generator=g)
+        scores.append(last_token_values(rm(tokens, tmask), tmask))
+    scores = torch.cat(scores)
+    mean, std = scores.mean().item(), scores.std().clamp(min=1e-6).item()
+    rm.score.weight.div_(std)
+    rm.score.bias.sub_(mean).div_(std)
+    return mean, std
+
+
+def main(args):
+    rt = setup_runtime(args.device)
+    seed_everything(args.seed + rt.rank)
+    os.makedirs(args.out_dir, exist_ok=True)
+
+    # ---- model and data
+    sft, tok, _ = load_model(args.sft_ckpt, expect="gpt", device=rt.device)
+    model = ScalarGPT.from_gpt(sft).train()
+    block_size = model.config.block_size
+    train, n_cut = load_pairs(args.train_data, tok, block_size)
+    if args.eval_data:
+        evals = load_pairs(args.eval_data, tok, block_size)[0]
+    else:  # hold out a fixed, seeded fraction
+        order = torch.randperm(len(train), generator=torch.Generator().manual_seed(args.seed)).tolist()
+        n_eval = int(len(train) * args.eval_fraction)
+        evals, train = [train[i] for i in order[:n_eval]], [train[i] for i in order[n_eval:]]
+    if rt.master:
+        print(f"{len(train)} training pairs ({n_cut} prompts cut from the left to fit {block_size} tokens), "
+              f"{len(evals)} held-out; model {model.num_params() / 1e6:.2f}M parameters on {rt.device}")
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": args.weight_decay},
+                                   {"params": no_decay, "weight_decay": 0.0}], lr=args.lr, betas=(0.9, 0.95))
+    step = 0
+    if args.resume:
+        ckpt = load_resume(args.out_dir, expect="scalar")
+        if ckpt.get("normalised"):
+            print(f"{resume_path(args.out_dir)} is already the finished, normalised reward model")
+            return
+        model.load_state_dict(ckpt["model"])
+        step = restore_training_state(ckpt, optimizer)
+        if rt.master:
+            print(f"resumed from {resume_path(args.out_dir)} at step {step}")
+    ddp_model = DDP(model) if rt.world_size > 1 else model
+    logger = Logger(args.out_dir, rt.master, args.wandb_project, dataclasses.asdict(args), resume=args.resume)
+
+    # ---- each rank takes its share of the step's batch, in micro-batches
+    per_rank = args.batch_size // rt.world_size
+    n_micro = max(1, per_rank // args.micro_batch_size)
+    assert per_rank % n_micro == 0, "batch_size / world_size must be a multiple of micro_batch_size"
+
+    @torch.no_grad()
+    def evaluate():
+        model.eval()
+        total, count, correct = 0.0, 0, 0
+        for i in range(0, len(evals), args.micro_batch_size):
+            loss_sum, n, right = bradley_terry(model, *make_batch(evals[i: i + args.micro_batch_size], rt.device, tok.pad_token))
+            total, count, correct = total + loss_sum.item(), count + n, correct + right.item()
+        model.train()
+        return total / max(count, 1), correct / max(count, 1)
+
+    while step < args.max_steps:
+        t0 = time.time()
+        lr = cosine_lr(step, args.max_steps, args.lr, args.warmup_steps)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        # Same batch for the same (seed, step) on every run: resuming draws what an uninterrupted run draws.
+        g = step_generator(args.seed, step)
+        batch_idx = torch.randint(len(train), (args.batch_size,), generator=g).tolist()
+        mine = [train[i] for i in batch_idx[rt.rank * per_rank: (rt.rank + 1) * per_rank]]
+        micro = [make_batch(mine[i::n_micro], rt.device, tok.pad_token) for i in range(n_micro)]
+        loss_total, correct = 0.0, 0
+        for i, (ids, mask) in enumerate(micro):
+            # DDP synchronises gradients on the last micro-batch only
+            sync = ddp_model.no_sync() if rt.world_size > 1 and i < n_micro - 1 else nullcontext()
+            with sync, rt.autocast(args.dtype):
+                loss_sum, _, right = bradley_terry(ddp_model, ids, mask)
+                loss = loss_sum / per_rank  # mean over the rank's pairs; DDP averages over ranks
+            loss.backward()
+            loss_total, correct = loss_total + loss_sum.item(), correct + right.item()
+        loss_value = all_reduce_sum(loss_total, rt) / args.batch_size
+        check_finite(loss_value, "train loss", step, args.out_dir)
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip or float("inf")).item()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+
+        metrics = {"train/loss": loss_value, "train/accuracy": all_reduce_sum(correct, rt) / args.batch_size,
+                   "train/lr": lr, "train/grad_norm": grad_norm,
+                   "time/pairs_per_s": args.batch_size / (time.time() - t0)}
+        if evals and (step % args.eval_interval == 0 or step == args.max_steps):
+            metrics["eval/loss"], metrics["eval/accuracy"] = evaluate()
+        if step % args.log_interval == 0 or step == args.max_steps or "eval/loss" in metrics:
+            logger.log(step, metrics, ["train/loss", "train/accuracy", "eval/loss", "eval/accuracy", "time/pairs_per_s"])
+        if step % args.ckpt_interval == 0 and step < args.max_steps:
+            save_training_checkpoint(rt, args.out_dir, model, stage="rm", tokenizer_name=tok.name, step=step,
+                                     args=args, optimizer=optimizer)
+
+    # ---- normalise on SFT samples, then the final checkpoint
+    model.eval()
+    mean, std = normalise_on_sft_samples(model, sft, tok, [p for _, _, p in train], args, rt.device)
+    if rt.master:
+        print(f"reward normalised on {args.norm_samples} SFT samples: raw mean {mean:.4f}, std {std:.4f} -> 0, 1")
+    save_training_checkpoint(rt, args.out_dir, model, stage="rm", tokenizer_name=tok.name, step=step, args=args,
+                             optimizer=optimizer, reward_mean=mean, reward_std=std, normalised=True,
+                             eval_accuracy=evaluate()[1] if evals else None)
+    check_ranks_in_sync(model, rt)
+
+
+if __name__ == "__main__":
+    main(parse_args(Args))

@@ -1,0 +1,169 @@
+"""Stage 1 of RLHF: supervised fine-tuning (SFT) on (prompt, response) demonstrations.
+
+    python train_sft.py --train_data data/lab/sft.jsonl --out_dir out/sft                 # the lab, CPU
+    python train_sft.py --tokenizer gpt2 --init_from gpt2 --train_data data/hh_rlhf/sft_train.jsonl ...
+    torchrun --nproc_per_node=2 train_sft.py ...                                           # DDP
+    python train_sft.py --out_dir out/sft --resume true                                    # after an interruption
+
+The model reads prompt + response + <|endoftext|> and is trained to predict the next token, with the loss on
+the response tokens only (the prompt is given, not learnt): loss = -mean over response tokens of log p(token).
+The end-of-text is a response token: the model must learn to stop.
+
+Simplifications: examples are drawn with replacement in random batches (no epochs); one learning-rate schedule
+(linear warm-up, cosine decay to 10 %); the held-out loss is computed on a fixed subset.
+"""
+
+import dataclasses
+import os
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import torch
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from minirlhf.data import SFT_FIELDS, encode_example, read_jsonl, right_pad
+from minirlhf.training import (Logger, all_reduce_sum, check_finite, check_ranks_in_sync, cosine_lr, init_policy, load_resume, opt,
+                               parse_args, response_logprobs, restore_training_state, resume_path,
+                               save_training_checkpoint, seed_everything, setup_runtime, step_generator)
+
+
+@dataclass
+class Args:
+    train_data: str = opt("data/lab/sft.jsonl", "SFT JSONL: {'prompt', 'response'} per line")
+    eval_data: str = opt("", "held-out SFT JSONL for the eval loss ('' = none)")
+    out_dir: str = opt("out/sft", "where ckpt.pt and log.jsonl go")
+    init_from: str = opt("scratch:small", "'scratch:PRESET' (tiny, small, gpt2, ...), a GPT-2 folder/hub name, or a .pt checkpoint")
+    tokenizer: str = opt("lab", "'lab', 'gpt2' or a .tiktoken file")
+    block_size: int = opt(128, "context length for a model from scratch; prompts are cut from the left to fit")
+    batch_size: int = opt(32, "examples per optimizer step, over all ranks and micro-batches")
+    micro_batch_size: int = opt(32, "examples per forward/backward (gradient accumulation makes up the rest)")
+    max_steps: int = opt(300, "optimizer steps")
+    lr: float = opt(1e-3, "peak learning rate (AdamW)")
+    warmup_steps: int = opt(20, "linear warm-up steps")
+    weight_decay: float = opt(0.01, "AdamW weight decay on matrices")
+    grad_clip: float = opt(1.0, "clip the gradient norm to this (0 = off)")
+    eval_interval: int = opt(100, "steps between held-out evaluations")
+    eval_examples: int = opt(256, "held-out examples per evaluation")
+    log_interval: int = opt(10, "steps between log lines")
+    ckpt_interval: int = opt(100, "steps between checkpoints (one is always written at the end)")
+    seed: int = opt(1337, "random seed")
+    device: str = opt("auto", "'auto', 'cpu', 'cuda', 'cuda:1', ...")
+    dtype: str = opt("bfloat16", "autocast dtype on GPU ('bfloat16' or 'float32'); CPU always runs fp32")
+    resume: bool = opt(False, "continue from out_dir/ckpt.pt (weights, optimizer, step, RNG)")
+    wandb_project: str = opt("", "log to this wandb project ('' = off)")
+
+
+def load_examples(path, tok, block_size):
+    """JSONL -> list of (prompt ids, response ids + eot); counts prompts cut from the left."""
+    rows = read_jsonl(path, SFT_FIELDS)
+    examples, n_cut = [], 0
+    for row in rows:
+        p, r, cut = encode_example(tok, row["prompt"], row["response"], block_size)
+        examples.append((p, r))
+        n_cut += cut
+    return examples, n_cut
+
+
+def make_batch(examples, device, pad_id):
+    """Right-padded prompt + response, and a mask that is 1 on the response tokens only (where the loss is)."""
+    seqs = [p + r for p, r in examples]
+    ids, mask = right_pad(seqs, pad_id)
+    loss_mask = torch.zeros_like(mask)
+    for i, (p, r) in enumerate(examples):
+        loss_mask[i, len(p): len(p) + len(r)] = 1
+    return ids.to(device), mask.to(device), loss_mask.to(device)
+
+
+def sft_loss(model, ids, mask, loss_mask):
+    """Sum of -log p(response token) and the number of response tokens (the caller divides once per step)."""
+    logprobs = response_logprobs(model, ids, mask, start=1)  # (B, T-1): token t+1 under position t
+    lm = loss_mask[:, 1:].float()
+    return -(logprobs * lm).sum(), lm.sum()
+
+
+def main(args):
+    rt = setup_runtime(args.device)
+    seed_everything(args.seed + rt.rank)
+    os.makedirs(args.out_dir, exist_ok=True)
+
+    # ---- model and data
+    model, tok = init_policy(args.init_from, args.tokenizer, args.block_size, rt.device)
+    block_size = model.config.block_size
+    train, n_cut = load_examples(args.train_data, tok, block_size)
+    evals = load_examples(args.eval_data, tok, block_size)[0][: args.eval_examples] if args.eval_data else []
+    if rt.master:
+        print(f"{len(train)} training examples ({n_cut} prompts cut from the left to fit {block_size} tokens), "
+              f"{len(evals)} held-out; model {model.num_params() / 1e6:.2f}M parameters on {rt.device}")
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": args.weight_decay},
+                                   {"params": no_decay, "weight_decay": 0.0}], lr=args.lr, betas=(0.9, 0.95))
+    step = 0
+    if args.resume:
+        ckpt = load_resume(args.out_dir)
+        model.load_state_dict(ckpt["model"])
+        step = restore_training_state(ckpt, optimizer)
+        if rt.master:
+            print(f"resumed from {resume_path(args.out_dir)} at step {step}")
+    ddp_model = DDP(model) if rt.world_size > 1 else model
+    logger = Logger(args.out_dir, rt.master, args.wandb_project, dataclasses.asdict(args), resume=args.resume)
+
+    # ---- each rank takes its share of the step's batch, in micro-batches
+    per_rank = args.batch_size // rt.world_size
+    n_micro = max(1, per_rank // args.micro_batch_size)
+    assert per_rank % n_micro == 0, "batch_size / world_size must be a multiple of micro_batch_size"
+
+    @torch.no_grad()
+    def evaluate():
+        model.eval()
+        total, count = 0.0, 0.0
+        for i in range(0, len(evals), args.micro_batch_size):
+            loss_sum, n = sft_loss(model, *make_batch(evals[i: i + args.micro_batch_size], rt.device, tok.pad_token))
+            total, count = total + loss_sum.item(), count + n.item()
+        model.train()
+        return total / max(count, 1)
+
+    while step < args.max_steps:
+        t0 = time.time()
+        lr = cosine_lr(step, args.max_steps, args.lr, args.warmup_steps)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        # Same batch for the same (seed, step) on every run: resuming draws what an uninterrupted run draws.
+        g = step_generator(args.seed, step)
+        batch_idx = torch.randint(len(train), (args.batch_size,), generator=g).tolist()
+        mine = [train[i] for i in batch_idx[rt.rank * per_rank: (rt.rank + 1) * per_rank]]
+        micro = [make_batch(mine[i::n_micro], rt.device, tok.pad_token) for i in range(n_micro)]
+        n_tokens = all_reduce_sum(sum(m[2][:, 1:].sum().item() for m in micro), rt)  # loss tokens, all ranks
+        loss_total = 0.0
+        for i, (ids, mask, loss_mask) in enumerate(micro):
+            # DDP synchronises gradients on the last micro-batch only
+            sync = ddp_model.no_sync() if rt.world_size > 1 and i < n_micro - 1 else nullcontext()
+            with sync, rt.autocast(args.dtype):
+                loss_sum, _ = sft_loss(ddp_model, ids, mask, loss_mask)
+                # The step's loss is the mean over all its response tokens on all ranks; DDP averages gradients
+                # over ranks, so each rank's share is multiplied back by world_size.
+                loss = loss_sum / n_tokens * rt.world_size
+            loss.backward()
+            loss_total += loss_sum.item()
+        loss_value = all_reduce_sum(loss_total, rt) / n_tokens
+        check_finite(loss_value, "train loss", step, args.out_dir)
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip or float("inf")).item()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+
+        metrics = {"train/loss": loss_value, "train/lr": lr, "train/grad_norm": grad_norm,
+                   "time/tokens_per_s": sum(m[1].sum().item() for m in micro) * rt.world_size / (time.time() - t0)}
+        if evals and (step % args.eval_interval == 0 or step == args.max_steps):
+            metrics["eval/loss"] = evaluate()
+        if step % args.log_interval == 0 or step == args.max_steps or "eval/loss" in metrics:
+            logger.log(step, metrics, ["train/loss", "eval/loss", "train/lr", "time/tokens_per_s"])
+        if step % args.ckpt_interval == 0 or step == args.max_steps:
+            save_training_checkpoint(rt, args.out_dir, model, stage="sft", tokenizer_name=tok.name, step=step,
+                                     args=args, optimizer=optimizer)
+    check_ranks_in_sync(model, rt)
+
+
+if __name__ == "__main__":
+    main(parse_args(Args))
