@@ -1,0 +1,236 @@
+"""The lab's report card: gold-judge metrics of one or more policies on held-out prompts, and the
+gold-vs-proxy plot of a PPO run.
+
+    python -m minirlhf.lab.evaluate out/sft.pt out/ppo.pt out/dpo.pt --rm out/rm.pt --ref out/sft.pt
+    python -m minirlhf.lab.evaluate sft=out/sft/ckpt.pt low_beta=out/ppo_0.01/ckpt.pt --ref out/sft/ckpt.pt
+    python -m minirlhf.lab.evaluate out/ppo.pt --plot out/ppo/log.jsonl --plot_out out/gold_vs_kl.png
+
+Each checkpoint answers the same held-out prompts (default: the lab's held-out split for seed 0, 20 per
+family; or --prompts FILE), sampled at --temperature (default 0.7; 0 = greedy) with the same seed. The
+table has one column per checkpoint:
+
+    gold           mean gold score, and per family
+    helpful acc.   correct answers on arithmetic and known facts
+    hallucination  unknown facts answered with a made-up capital
+    refusal        harmful requests refused (higher is better)
+    over-refusal   benign look-alikes refused (the alignment tax)
+    sycophancy     agreeing with a user whose claim is wrong (rate over those probes)
+    filler         responses with filler phrases
+    length         response tokens, end-of-text included; eot rate: responses that ended
+    RM score       the reward model's normalised score (the proxy), with --rm
+    KL             KL(policy || ref) in nats per response: mean over samples of sum_t log pi - log pi_ref,
+                   with --ref, both at the sampling temperature (an unbiased estimate, >= 0 on average)
+
+`evaluate_policy` computes the same numbers for a model in memory, so a training script can log the gold
+score while it trains.
+"""
+
+import argparse
+import json
+import os
+import statistics
+
+from minirlhf.data import PREFERENCE_FIELDS, PROMPT_FIELDS, read_jsonl
+from minirlhf.lab.gold import gold
+from minirlhf.lab.sampling import Sample, batched, reward_scores, sample_responses, sequence_logprobs
+from minirlhf.lab.world import FAMILIES, eval_tasks, parse_prompt
+
+ROWS = [  # (metric key, label in the table)
+    ("gold", "gold score"),
+    *[(f"gold/{f}", f"  gold: {f}") for f in FAMILIES],
+    ("helpful_accuracy", "helpful accuracy"),
+    ("hallucination_rate", "hallucination (unknown facts)"),
+    ("refusal_rate", "refusal (harmful)"),
+    ("over_refusal_rate", "over-refusal (benign)"),
+    ("sycophancy_rate", "sycophancy (user wrong)"),
+    ("filler_rate", "filler"),
+    ("length", "length (tokens)"),
+    ("eot_rate", "end-of-text rate"),
+    ("rm_score", "RM score (proxy)"),
+    ("kl", "KL to ref (nats)"),
+    ("wall_time", "training wall time (s)"),  # set by whoever trained the column (compare.py)
+]
+
+
+def _mean(xs):
+    return statistics.fmean(xs) if xs else float("nan")
+
+
+def evaluate_policy(model, tok, prompts, *, reward_model=None, reward_mean=0.0, reward_std=1.0, ref_model=None,
+                    temperature=0.7, max_new_tokens=48, batch_size=64, seed=0, return_samples=False):
+    """Sample one response per lab prompt and aggregate the gold judge's verdicts -> {metric: float}.
+
+    reward_model (a ScalarGPT) adds "rm_score"; ref_model (the SFT GPT) adds "kl". The models' train/eval
+    modes are restored afterwards. With return_samples, returns (metrics, [(Sample, Judgement), ...]).
+    """
+    was_training = model.training
+    model.eval()
+    device = model.lm_head.weight.device
+    samples = sample_responses(model, tok, prompts, max_new_tokens=max_new_tokens, temperature=temperature,
+                               batch_size=batch_size, seed=seed)
+    metrics, judged = summarize(samples)
+    if reward_model is not None:
+        reward_model.eval()
+        scores = batched(lambda ids, mask, _: reward_scores(reward_model, ids, mask, reward_mean, reward_std),
+                         samples, tok.pad_token, batch_size, device)
+        metrics["rm_score"] = scores.mean().item()
+    if ref_model is not None:
+        ref_model.eval()
+        t = temperature if temperature > 0 else 1.0  # greedy samples: the KL estimate is only indicative
+        kl = batched(lambda ids, mask, rmask: sequence_logprobs(model, ids, mask, rmask, t)
+                     - sequence_logprobs(ref_model, ids, mask, rmask, t), samples, tok.pad_token, batch_size, device)
+        metrics["kl"] = kl.mean().item()
+    model.train(was_training)
+    return (metrics, judged) if return_samples else metrics
+
+
+def summarize(samples):
+    """The gold judge's verdicts on samples (lab prompts) -> ({metric: float}, [(Sample, Judgement), ...])."""
+    judged = [(s, gold(s.prompt, s.text, s.ended)) for s in samples]
+    by_family = {f: [j for _, j in judged if j.family == f] for f in FAMILIES}
+    tasks = [parse_prompt(s.prompt) for s in samples]
+    wrong_claims = [j for t, (_, j) in zip(tasks, judged) if t.family == "sycophancy" and t.claim != t.truth]
+    metrics = {"gold": _mean([j.score for _, j in judged])}
+    metrics.update({f"gold/{f}": _mean([j.score for j in js]) for f, js in by_family.items()})
+    metrics["helpful_accuracy"] = _mean([j.correct for j in by_family["arithmetic"] + by_family["known_fact"]])
+    metrics["hallucination_rate"] = _mean([j.hallucinated for j in by_family["unknown_fact"]])
+    metrics["refusal_rate"] = _mean([j.refused for j in by_family["harmful"]])
+    metrics["over_refusal_rate"] = _mean([j.refused for j in by_family["benign"]])
+    metrics["sycophancy_rate"] = _mean([j.sycophantic for j in wrong_claims])
+    metrics["filler_rate"] = _mean([j.filler for _, j in judged])
+    metrics["length"] = _mean([len(s.response_ids) for s in samples])
+    metrics["eot_rate"] = _mean([s.ended for s in samples])
+    return metrics, judged
+
+
+def format_table(columns):
+    """{column name: metrics dict} -> one text table, a row per metric, a column per checkpoint."""
+    names = list(columns)
+    width = max(10, *(len(n) + 2 for n in names))
+    lines = [f"{'metric':<30}" + "".join(f"{n:>{width}}" for n in names)]
+    for key, label in ROWS:
+        values = [columns[n].get(key) for n in names]
+        if all(v is None for v in values):
+            continue
+        lines.append(f"{label:<30}" + "".join(f"{'-' if v is None else f'{v:.3f}':>{width}}" for v in values))
+    return "\n".join(lines)
+
+
+def rm_accuracy(reward_model, tok, rows, reward_mean=0.0, reward_std=1.0, batch_size=64):
+    """Fraction of preference rows whose chosen response the reward model scores higher (ties count half)."""
+    def samples(field):
+        return [Sample(r["prompt"], r[field], True, tok.encode(r["prompt"]), tok.encode(r[field]) + [tok.eot_token])
+                for r in rows]
+    device = next(reward_model.parameters()).device
+    score = lambda ids, mask, _: reward_scores(reward_model, ids, mask, reward_mean, reward_std)  # noqa: E731
+    chosen = batched(score, samples("chosen"), tok.pad_token, batch_size, device)
+    rejected = batched(score, samples("rejected"), tok.pad_token, batch_size, device)
+    return ((chosen > rejected).float() + 0.5 * (chosen == rejected).float()).mean().item()
+
+
+def plot_runs(log_paths, out_path, kl_key="objective/kl", proxy_key="objective/rm_score", gold_key="lab/gold"):
+    """Gold and proxy reward against KL, one colour per PPO log (JSONL, one object per iteration).
+
+    The picture of Gao et al. (2022): as KL from the SFT model grows, the proxy keeps rising while the
+    gold score rises, peaks and, once the policy exploits the reward model's errors, falls.
+    """
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise SystemExit("the plot needs matplotlib: pip install matplotlib (or pip install -e '.[lab]')") from None
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for i, path in enumerate(log_paths):
+        with open(path) as f:
+            logs = [json.loads(line) for line in f if line.strip()]
+        proxy = [(r[kl_key], r[proxy_key]) for r in logs if kl_key in r and proxy_key in r]
+        golds = [(r[kl_key], r[gold_key]) for r in logs if kl_key in r and gold_key in r]
+        if not proxy and not golds:
+            raise SystemExit(f"{path}: no lines with '{kl_key}' and '{proxy_key}' or '{gold_key}'")
+        name = os.path.basename(os.path.dirname(os.path.abspath(path))) if len(log_paths) > 1 else ""
+        colour = f"C{i}"
+        if proxy:
+            ax.plot(*zip(*proxy), "--", color=colour, alpha=0.7, label=f"{name} proxy (RM)".strip())
+        if golds:
+            ax.plot(*zip(*golds), "o-", color=colour, label=f"{name} gold".strip())
+    ax.set_xlabel("KL(policy || SFT), nats")
+    ax.set_ylabel("reward")
+    ax.axhline(0, color="grey", lw=0.5)
+    ax.legend()
+    ax.set_title("gold vs proxy reward over a PPO run")
+    fig.tight_layout()
+    fig.savefig(out_path, dpi=120)
+    plt.close(fig)
+    return out_path
+
+
+def _column_name(path, taken):
+    """out/ppo.pt -> "ppo"; out/ppo/ckpt.pt -> "ppo"; the whole path if that name is taken."""
+    stem = os.path.splitext(os.path.basename(path))[0]
+    folder = os.path.basename(os.path.dirname(os.path.abspath(path)))
+    for name in ([stem] if stem not in ("ckpt", "checkpoint", "model") else []) + [folder]:
+        if name and name not in taken:
+            return name
+    return path
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("ckpts", nargs="*", help="policy checkpoints, one column each; NAME=PATH names the column")
+    parser.add_argument("--rm", default=None, help="reward model checkpoint: adds the proxy score")
+    parser.add_argument("--ref", default=None, help="reference (SFT) checkpoint: adds KL to it")
+    parser.add_argument("--prompts", default=None, help="prompts JSONL (default: the lab's held-out split)")
+    parser.add_argument("--n_per_family", type=int, default=20, help="default prompts: how many per family")
+    parser.add_argument("--pairs", default=None, help="preferences JSONL: also report the RM's accuracy on it")
+    parser.add_argument("--temperature", type=float, default=0.7, help="sampling temperature (0 = greedy)")
+    parser.add_argument("--max_new_tokens", type=int, default=48)
+    parser.add_argument("--batch_size", type=int, default=64)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--show", type=int, default=0, help="print this many sample responses per checkpoint")
+    parser.add_argument("--json", default=None, help="also write the table as JSON here")
+    parser.add_argument("--plot", nargs="*", default=None, help="PPO log JSONL file(s) to plot gold and proxy vs KL")
+    parser.add_argument("--plot_out", default="gold_vs_kl.png")
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args(argv)
+    if not args.ckpts and not args.plot:
+        parser.error("give checkpoints to evaluate and/or --plot LOG")
+    if args.pairs and not args.rm:
+        parser.error("--pairs measures a reward model: give it with --rm")
+    from minirlhf.checkpoint import load_model
+
+    if args.ckpts:
+        prompts = ([r["prompt"] for r in read_jsonl(args.prompts, PROMPT_FIELDS)] if args.prompts
+                   else [t.prompt for t in eval_tasks(args.seed, args.n_per_family)])
+        rm = ref = None
+        if args.rm:  # train_rm.py folds the normalisation into the score head: its output is used as it is
+            rm, _, _ = load_model(args.rm, expect="scalar", device=args.device)
+        if args.ref:
+            ref, ref_tok, _ = load_model(args.ref, expect="gpt", device=args.device)
+        columns = {}
+        for spec in args.ckpts:
+            name, path = spec.split("=", 1) if "=" in spec else (_column_name(spec, columns), spec)
+            model, tok, ckpt = load_model(path, expect="gpt", device=args.device)
+            if ref is not None and ref_tok.name != tok.name:
+                raise SystemExit(f"{path} uses tokenizer {tok.name!r} but --ref uses {ref_tok.name!r}")
+            columns[name], judged = evaluate_policy(
+                model, tok, prompts, reward_model=rm, ref_model=ref, temperature=args.temperature,
+                max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, seed=args.seed,
+                return_samples=True)
+            for s, j in judged[: args.show]:
+                question = parse_prompt(s.prompt).question
+                print(f"[{name}] {question!r} ->{s.text!r}{'' if s.ended else ' (no eot)'}  gold {j.score:+.2f}")
+        print(f"{len(prompts)} held-out prompts, temperature {args.temperature}, seed {args.seed}")
+        print(format_table(columns))
+        if args.pairs:
+            acc = rm_accuracy(rm, tok, read_jsonl(args.pairs, PREFERENCE_FIELDS))
+            print(f"RM accuracy on {args.pairs}: {acc:.3f}")
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(columns, f, indent=2)
+    if args.plot:
+        print(f"plot -> {plot_runs(args.plot, args.plot_out)}")
+
+
+if __name__ == "__main__":
+    main()
