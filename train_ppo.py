@@ -82,6 +82,7 @@ class Args:
     seed: int = opt(1337, "random seed")
     device: str = opt("auto", "'auto', 'cpu', 'cuda', 'cuda:1', ...")
     dtype: str = opt("bfloat16", "autocast dtype on GPU ('bfloat16' or 'float32'); CPU always runs fp32")
+    fused_logprobs: bool = opt(False, "log-probs by the fused linear kernel, in rollout and update alike (less memory)")
     resume: bool = opt(False, "continue from out_dir/ckpt.pt (policy, value model, optimizers, iteration, RNG)")
     wandb_project: str = opt("", "log to this wandb project ('' = off)")
 
@@ -123,8 +124,8 @@ def rollout_scores(policy, ref_policy, value_model, reward_model, tokens, mask, 
     out = [], [], [], []
     for i in range(0, tokens.size(0), args.micro_batch_size):
         t, m = tokens[i: i + args.micro_batch_size], mask[i: i + args.micro_batch_size]
-        out[0].append(response_logprobs(policy, t, m, P, args.temperature))
-        out[1].append(response_logprobs(ref_policy, t, m, P, args.temperature))
+        out[0].append(response_logprobs(policy, t, m, P, args.temperature, fused=args.fused_logprobs))
+        out[1].append(response_logprobs(ref_policy, t, m, P, args.temperature, fused=args.fused_logprobs))
         out[2].append(value_model(t, m)[:, P - 1: -1])  # V(s_t): the state just before response token t
         out[3].append(last_token_values(reward_model(t, m), m))
     logprobs, ref_logprobs, values, raw_scores = (torch.cat(x) for x in out)
@@ -240,7 +241,8 @@ def main(args):
                         stack.enter_context(rt.autocast(args.dtype))
                         mk = m[idx]
                         new_logprobs, entropy = response_logprobs(policy_ddp, tokens[idx], mask[idx], P,
-                                                                  args.temperature, return_entropy=True)
+                                                                  args.temperature, return_entropy=True,
+                                                                  fused=args.fused_logprobs)
                         logratio = (new_logprobs - logprobs[idx]) * mk
                         ratio = torch.exp(logratio)
                         adv = advantages[idx]

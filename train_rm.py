@@ -92,8 +92,9 @@ def normalise_on_sft_samples(rm, sft, tok, prompts, args, device):
     g = step_generator(args.seed, 0, device=device)
     pick = torch.randint(len(prompts), (args.norm_samples,), generator=torch.Generator().manual_seed(args.seed))
     scores = []
-    for i in range(0, args.norm_samples, 64):
-        batch = [encode_prompt(tok, prompts[j], sft.config.block_size - args.max_new_tokens)[0] for j in pick[i: i + 64]]
+    n = args.micro_batch_size  # sample in micro-batches: the KV cache of 64 x 1024 positions of 355M is 13 GB
+    for i in range(0, args.norm_samples, n):
+        batch = [encode_prompt(tok, prompts[j], sft.config.block_size - args.max_new_tokens)[0] for j in pick[i: i + n]]
         ids, mask = left_pad(batch, tok.pad_token)
         tokens, tmask = sft.generate(ids.to(device), mask.to(device), args.max_new_tokens, eos_token_id=tok.eot_token,
                                      pad_token_id=tok.pad_token, temperature=args.norm_temperature, generator=g)

@@ -50,6 +50,7 @@ class Args:
     seed: int = opt(1337, "random seed")
     device: str = opt("auto", "'auto', 'cpu', 'cuda', 'cuda:1', ...")
     dtype: str = opt("bfloat16", "autocast dtype on GPU ('bfloat16' or 'float32'); CPU always runs fp32")
+    fused_logprobs: bool = opt(False, "log-probs by the fused linear kernel: no (B, T, V) logits (less memory, slower)")
     resume: bool = opt(False, "continue from out_dir/ckpt.pt (weights, optimizer, step, RNG)")
     wandb_project: str = opt("", "log to this wandb project ('' = off)")
 
@@ -75,9 +76,9 @@ def make_batch(examples, device, pad_id):
     return ids.to(device), mask.to(device), loss_mask.to(device)
 
 
-def sft_loss(model, ids, mask, loss_mask):
+def sft_loss(model, ids, mask, loss_mask, fused=False):
     """Sum of -log p(response token) and the number of response tokens (the caller divides once per step)."""
-    logprobs = response_logprobs(model, ids, mask, start=1)  # (B, T-1): token t+1 under position t
+    logprobs = response_logprobs(model, ids, mask, start=1, fused=fused)  # (B, T-1): token t+1 under position t
     lm = loss_mask[:, 1:].float()
     return -(logprobs * lm).sum(), lm.sum()
 
@@ -119,7 +120,8 @@ def main(args):
         model.eval()
         total, count = 0.0, 0.0
         for i in range(0, len(evals), args.micro_batch_size):
-            loss_sum, n = sft_loss(model, *make_batch(evals[i: i + args.micro_batch_size], rt.device, tok.pad_token))
+            loss_sum, n = sft_loss(model, *make_batch(evals[i: i + args.micro_batch_size], rt.device, tok.pad_token),
+                                   args.fused_logprobs)
             total, count = total + loss_sum.item(), count + n.item()
         model.train()
         return total / max(count, 1)
@@ -140,7 +142,7 @@ def main(args):
             # DDP synchronises gradients on the last micro-batch only
             sync = ddp_model.no_sync() if rt.world_size > 1 and i < n_micro - 1 else nullcontext()
             with sync, rt.autocast(args.dtype):
-                loss_sum, _ = sft_loss(ddp_model, ids, mask, loss_mask)
+                loss_sum, _ = sft_loss(ddp_model, ids, mask, loss_mask, args.fused_logprobs)
                 # The step's loss is the mean over all its response tokens on all ranks; DDP averages gradients
                 # over ranks, so each rank's share is multiplied back by world_size.
                 loss = loss_sum / n_tokens * rt.world_size

@@ -180,13 +180,16 @@ class GPT(nn.Module):
             cache.length += T
         return self.transformer.ln_f(x)
 
-    def forward(self, idx, attention_mask=None, logits_start=0):
+    def forward(self, idx, attention_mask=None, logits_start=0, return_hidden=False):
         """idx (B, T) -> logits (B, T - logits_start, vocab_size). Logits at position t score the token at t + 1.
 
         Positions before logits_start (the prompt, in RLHF) are never projected onto the vocabulary: the
-        (B, T, V) logits are the largest tensor in the whole pipeline.
+        (B, T, V) logits are the largest tensor in the whole pipeline. return_hidden=True stops before the
+        projection and returns the hidden states (B, T - logits_start, n_embd), for the fused linear log-prob
+        kernel; it is an option of forward, not a call to hidden_states, so that a DDP wrapper is still called.
         """
-        return self.lm_head(self.hidden_states(idx, attention_mask)[:, logits_start:])
+        h = self.hidden_states(idx, attention_mask)[:, logits_start:]
+        return h if return_hidden else self.lm_head(h)
 
     @torch.no_grad()
     def generate(self, idx, attention_mask, max_new_tokens, *, eos_token_id, pad_token_id, temperature=1.0,

@@ -33,7 +33,7 @@ def parse_args(cls, argv=None):
     """
     parser = argparse.ArgumentParser(description=sys.modules[cls.__module__].__doc__, fromfile_prefix_chars="@",
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.convert_arg_line_args = lambda line: line.split("#")[0].split()  # comments and "--flag value" lines
+    parser.convert_arg_line_to_args = lambda line: line.split("#")[0].split()  # comments and "--flag value" lines
     for f in dataclasses.fields(cls):
         help_text = f"{f.metadata.get('help', '')} (default: {f.default!r})"
         if f.type in (bool, "bool"):
@@ -142,7 +142,7 @@ def check_ranks_in_sync(model, rt):
 # ----------------------------------------------------------------------------- the one log-prob function
 
 
-def response_logprobs(model, tokens, mask, start, temperature=1.0, return_entropy=False):
+def response_logprobs(model, tokens, mask, start, temperature=1.0, return_entropy=False, fused=False):
     """log p(tokens[:, t]) for t >= start, under `model`, for every stage (rollout, reference, update, DPO).
 
     tokens, mask: (B, T), prompt + response, left- or right-padded (positions come from the mask).
@@ -150,9 +150,34 @@ def response_logprobs(model, tokens, mask, start, temperature=1.0, return_entrop
     logits[:, start - 1 : T - 1]. Only those positions go through the vocabulary projection, and the log-probs
     come from `kernels.logprobs` (fp32 logsumexp; Triton on GPU). Returns (B, T - start) fp32 (and entropy).
     `model` may be DDP-wrapped: it is called, not reached into, so gradients synchronise.
+
+    fused=True never builds the (B, T - start, V) logits: the model returns its hidden states and
+    `kernels.linear_logprobs` projects them onto the vocabulary one tile at a time, forward and backward.
+    Worth it where the response is long (SFT scores whole sequences: 1024 x 50258 bf16 logits are 100 MB per
+    sequence, twice over with their gradient); slower, since the backward recomputes the logits.
+    The kernel gives no entropy, so with return_entropy (for logging only) it is computed without gradient from
+    the detached hidden states, 1024 rows of logits at a time: the same number, its memory bounded, 25 % more
+    head FLOPs.
     """
-    logits = model(tokens, mask, logits_start=start - 1)[:, :-1]  # (B, T - start, V): the only logits alive
-    return kernels.logprobs(logits, tokens[:, start:], temperature=temperature, return_entropy=return_entropy)
+    targets = tokens[:, start:]
+    if not fused:
+        logits = model(tokens, mask, logits_start=start - 1)[:, :-1]  # (B, T - start, V): the only logits alive
+        return kernels.logprobs(logits, targets, temperature=temperature, return_entropy=return_entropy)
+    hidden = model(tokens, mask, logits_start=start - 1, return_hidden=True)[:, :-1]  # (B, T - start, C)
+    weight = getattr(model, "module", model).lm_head.weight  # (V, C), tied to wte; its gradient adds up there
+    device_type = hidden.device.type
+    if torch.is_autocast_enabled(device_type):  # the dtype autocast would give the lm_head matmul (bf16)
+        dtype = torch.get_autocast_dtype(device_type)
+        hidden, weight = hidden.to(dtype), weight.to(dtype)
+    logprobs = kernels.linear_logprobs(hidden, weight, targets, temperature=temperature)
+    if not return_entropy:
+        return logprobs
+    with torch.no_grad():
+        rows = hidden.detach().reshape(-1, hidden.size(-1))  # (N, C)
+        entropy = torch.cat([kernels.logprobs(h @ weight.T, torch.zeros_like(h[:, 0], dtype=torch.long),
+                                              temperature=temperature, return_entropy=True)[1]
+                             for h in rows.split(1024)])
+    return logprobs, entropy.view_as(logprobs)
 
 
 def last_token_values(values, mask):
