@@ -33,6 +33,7 @@ trunk); advantages are whitened over all ranks' tokens, other statistics are per
 """
 
 import dataclasses
+import math
 import os
 import time
 from contextlib import ExitStack
@@ -113,7 +114,7 @@ def masked_whiten(x, mask, rt):
     n = all_reduce_sum(m.sum().item(), rt)
     mean = all_reduce_sum((x * m).sum().item(), rt) / n
     var = all_reduce_sum((((x - mean) * m) ** 2).sum().item(), rt) / max(n - 1, 1)
-    return (x - mean) * torch.rsqrt(torch.tensor(var + 1e-8)) * m
+    return (x - mean) / math.sqrt(var + 1e-8) * m
 
 
 @torch.no_grad()

@@ -64,7 +64,7 @@ def test_rollout_scores_are_invariant_to_padding():
     cfg = GPTConfig.preset("tiny", vocab_size=40, block_size=32)
     policy, ref = GPT(cfg).eval(), GPT(cfg).eval()
     value_model, reward_model = ScalarGPT(cfg).eval(), ScalarGPT(cfg).eval()
-    args = types.SimpleNamespace(micro_batch_size=4, temperature=0.7)
+    args = types.SimpleNamespace(micro_batch_size=4, temperature=0.7, fused_logprobs=False)
     pad, P = 39, 5
     prompts = [[1, 2, 3, 4, 5], [6, 7]]
     responses = [[10, 11, 12, 13], [14, 15]]
