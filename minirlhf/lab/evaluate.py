@@ -48,7 +48,6 @@ ROWS = [  # (metric key, label in the table)
     ("eot_rate", "end-of-text rate"),
     ("rm_score", "RM score (proxy)"),
     ("kl", "KL to ref (nats)"),
-    ("wall_time", "training wall time (s)"),  # set by whoever trained the column (compare.py)
 ]
 
 
@@ -103,12 +102,15 @@ def summarize(samples):
     return metrics, judged
 
 
-def format_table(columns):
-    """{column name: metrics dict} -> one text table, a row per metric, a column per checkpoint."""
+def format_table(columns, rows=ROWS):
+    """{column name: metrics dict} -> one text table, a row per metric, a column per checkpoint.
+
+    rows: (metric key, label) pairs, ROWS by default; callers add their own (compare.py: wall time).
+    """
     names = list(columns)
     width = max(10, *(len(n) + 2 for n in names))
     lines = [f"{'metric':<30}" + "".join(f"{n:>{width}}" for n in names)]
-    for key, label in ROWS:
+    for key, label in rows:
         values = [columns[n].get(key) for n in names]
         if all(v is None for v in values):
             continue
