@@ -26,15 +26,16 @@ def main():
     p.add_argument("--out_dir", default="out/quickstart")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--model", default="small", help="model preset for SFT from scratch (tiny, small)")
-    p.add_argument("--sft_steps", type=int, default=500)
+    p.add_argument("--sft_steps", type=int, default=1000)
+    p.add_argument("--sft_lr", type=float, default=2e-3)
     p.add_argument("--samples_per_prompt", type=int, default=4, help="SFT samples per prompt to pair up for labelling")
-    p.add_argument("--label_prompts", type=int, default=600, help="prompts whose samples are labelled")
+    p.add_argument("--label_prompts", type=int, default=1200, help="prompts whose samples are labelled")
     p.add_argument("--temperature", type=float, default=0.1, help="annotator noise (0 = always agree with gold)")
     p.add_argument("--flip_rate", type=float, default=0.0, help="annotator label flips")
     p.add_argument("--bias", type=float, default=0.0, help="annotator liking for filler (> 0: reward hacking)")
     p.add_argument("--families", default="", help="annotator coverage, comma-separated ('' = all families)")
-    p.add_argument("--rm_steps", type=int, default=250)
-    p.add_argument("--ppo_iters", type=int, default=40)
+    p.add_argument("--rm_steps", type=int, default=200)
+    p.add_argument("--ppo_iters", type=int, default=50)
     p.add_argument("--kl_coef", type=float, default=0.05)
     args = p.parse_args()
 
@@ -43,11 +44,11 @@ def main():
     py = sys.executable
     stages = [  # (name, the file whose existence means "done", command)
         ("lab data", f"{data}/sft.jsonl",
-         [py, "-m", "minirlhf.lab.make_data", "--out_dir", data, "--seed", str(args.seed)]),
+         [py, "-m", "minirlhf.lab.make_data", "--out_dir", data, "--seed", str(args.seed), "--n_eval_prompts", "50"]),
         ("SFT", f"{out}/sft/ckpt.pt",
          [py, "train_sft.py", "--train_data", f"{data}/sft.jsonl", "--eval_data", f"{data}/sft_eval.jsonl",
           "--out_dir", f"{out}/sft", "--init_from", f"scratch:{args.model}", "--max_steps", str(args.sft_steps),
-          "--log_interval", "50", "--eval_interval", "250", "--ckpt_interval", "250", "--seed", str(args.seed)]),
+          "--lr", str(args.sft_lr), "--log_interval", "100", "--eval_interval", "500", "--ckpt_interval", "500", "--seed", str(args.seed)]),
         ("sample pairs", f"{data}/samples.jsonl",
          [py, "-m", "minirlhf.lab.annotate", "sample", "--ckpt", f"{out}/sft/ckpt.pt",
           "--prompts", f"{data}/prompts_train.jsonl", "--out", f"{data}/samples.jsonl",
@@ -61,7 +62,7 @@ def main():
         ("reward model", f"{out}/rm/ckpt.pt",
          [py, "train_rm.py", "--train_data", f"{data}/prefs.jsonl", "--sft_ckpt", f"{out}/sft/ckpt.pt",
           "--out_dir", f"{out}/rm", "--max_steps", str(args.rm_steps), "--batch_size", "64",
-          "--log_interval", "50", "--eval_interval", "125", "--ckpt_interval", "1000", "--seed", str(args.seed)]),
+          "--log_interval", "50", "--eval_interval", "100", "--ckpt_interval", "1000", "--seed", str(args.seed)]),
         ("PPO", f"{out}/ppo/ckpt.pt",
          [py, "train_ppo.py", "--prompts", f"{data}/prompts_train.jsonl", "--eval_prompts", f"{data}/prompts_eval.jsonl",
           "--sft_ckpt", f"{out}/sft/ckpt.pt", "--rm_ckpt", f"{out}/rm/ckpt.pt", "--out_dir", f"{out}/ppo",

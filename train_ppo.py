@@ -45,9 +45,10 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from minirlhf.checkpoint import load_model
 from minirlhf.data import PROMPT_FIELDS, encode_prompt, left_pad, read_jsonl
 from minirlhf.model import ScalarGPT
-from minirlhf.training import (Logger, all_reduce_mean, all_reduce_sum, check_finite, check_ranks_in_sync, last_token_values, load_resume,
-                               opt, parse_args, response_logprobs, resume_path, restore_training_state,
-                               save_training_checkpoint, seed_everything, setup_runtime, step_generator)
+from minirlhf.training import (
+    Logger, adamw, all_reduce_mean, all_reduce_sum, check_finite, check_ranks_in_sync, last_token_values,
+    load_resume, opt, parse_args, response_logprobs, restore_training_state, resume_path,
+    save_training_checkpoint, seed_everything, setup_runtime, step_generator)
 
 
 @dataclass
@@ -165,8 +166,7 @@ def main(args):
         print(f"warning: {args.rm_ckpt} is not normalised on SFT samples; no_eos_score and kl_coef lose their scale")
     for frozen in (ref_policy, reward_model):
         frozen.requires_grad_(False)
-    policy_opt = torch.optim.AdamW(policy.parameters(), lr=args.lr, betas=(0.9, 0.95), weight_decay=0.0)
-    value_opt = torch.optim.AdamW(value_model.parameters(), lr=args.value_lr, betas=(0.9, 0.95), weight_decay=0.0)
+    policy_opt, value_opt = adamw(policy, args.lr), adamw(value_model, args.value_lr)
     kl_coef, it = args.kl_coef, 0
     if args.resume:
         ckpt = load_resume(args.out_dir)

@@ -29,9 +29,10 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from minirlhf.checkpoint import load_model
 from minirlhf.data import PREFERENCE_FIELDS, encode_example, encode_prompt, left_pad, read_jsonl, right_pad
 from minirlhf.model import ScalarGPT
-from minirlhf.training import (Logger, all_reduce_sum, check_finite, check_ranks_in_sync, cosine_lr, last_token_values, load_resume, opt,
-                               parse_args, restore_training_state, resume_path, save_training_checkpoint,
-                               seed_everything, setup_runtime, step_generator)
+from minirlhf.training import (
+    Logger, adamw, all_reduce_sum, check_finite, check_ranks_in_sync, cosine_lr, last_token_values,
+    load_resume, opt, parse_args, restore_training_state, resume_path, save_training_checkpoint,
+    seed_everything, setup_runtime, step_generator)
 
 
 @dataclass
@@ -125,10 +126,7 @@ def main(args):
     if rt.master:
         print(f"{len(train)} training pairs ({n_cut} prompts cut from the left to fit {block_size} tokens), "
               f"{len(evals)} held-out; model {model.num_params() / 1e6:.2f}M parameters on {rt.device}")
-    decay = [p for p in model.parameters() if p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.dim() < 2]
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": args.weight_decay},
-                                   {"params": no_decay, "weight_decay": 0.0}], lr=args.lr, betas=(0.9, 0.95))
+    optimizer = adamw(model, args.lr, args.weight_decay)
     step = 0
     if args.resume:
         ckpt = load_resume(args.out_dir, expect="scalar")

@@ -210,6 +210,14 @@ def init_policy(init_from, tokenizer_name, block_size, device):
     return model.to(device).train(), tok
 
 
+def adamw(model, lr, weight_decay=0.0):
+    """AdamW with weight decay on matrices only (not biases, LayerNorm gains), fused into one kernel per step."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
+              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.95), fused=True)
+
+
 def resume_path(out_dir):
     return os.path.join(out_dir, "ckpt.pt")
 

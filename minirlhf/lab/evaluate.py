@@ -152,10 +152,14 @@ def plot_runs(log_paths, out_path, kl_key="objective/kl", proxy_key="objective/r
             raise SystemExit(f"{path}: no lines with '{kl_key}' and '{proxy_key}' or '{gold_key}'")
         name = os.path.basename(os.path.dirname(os.path.abspath(path))) if len(log_paths) > 1 else ""
         colour = f"C{i}"
-        if proxy:
-            ax.plot(*zip(*proxy), "--", color=colour, alpha=0.7, label=f"{name} proxy (RM)".strip())
-        if golds:
-            ax.plot(*zip(*golds), "o-", color=colour, label=f"{name} gold".strip())
+        # Per-iteration values are noisy (one batch each): faint dots for the iterations, and a line through
+        # running means over `window` consecutive iterations (of KL and reward alike) for the trend.
+        for points, style, label in ((proxy, "--", "proxy (RM)"), (golds, "-", "gold")):
+            if points:
+                kls, values = zip(*points)
+                ax.plot(kls, values, ".", color=colour, alpha=0.25)
+                ax.plot(_running_mean(kls), _running_mean(values), style, color=colour, lw=2,
+                        label=f"{name} {label}".strip())
     ax.set_xlabel("KL(policy || SFT), nats")
     ax.set_ylabel("reward")
     ax.axhline(0, color="grey", lw=0.5)
@@ -165,6 +169,10 @@ def plot_runs(log_paths, out_path, kl_key="objective/kl", proxy_key="objective/r
     fig.savefig(out_path, dpi=120)
     plt.close(fig)
     return out_path
+
+
+def _running_mean(xs, window=10):
+    return [sum(xs[max(0, i - window + 1): i + 1]) / len(xs[max(0, i - window + 1): i + 1]) for i in range(len(xs))]
 
 
 def _column_name(path, taken):
