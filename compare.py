@@ -4,16 +4,15 @@
     python compare.py --beta 0.05 --out_dir out/compare_b005  # another DPO setting: a new out_dir
     python compare.py --loss ipo --out_dir out/compare_ipo    # IPO instead of DPO
 
-The stages, each one of the project's own commands, printed before it runs. A stage whose output exists is
-skipped. The first five are the quick start's when its out_dir has all of them (prefs.jsonl, sft/, rm/, ppo/);
-otherwise this script runs them all into its own out_dir, with the quick start's defaults (about 20 minutes
-on 2 CPU cores; with the quick start's outputs, the rest takes about 2 minutes):
+The stages, each one of the project's own commands, printed before it runs; a stage whose output exists is
+skipped. Without the quick start's outputs (data/prefs.jsonl, sft/, rm/, ppo/ in --quickstart_dir), it first
+runs `quickstart.py --out_dir QUICKSTART_DIR` (about 4 minutes on 2 CPU cores); the rest takes about 2 more:
 
-    lab data, SFT, human labels, RM, PPO     as in quickstart.py (simulated annotator, the quick start's defaults)
     DPO                train_dpo.py on the human (simulated annotator) labels, starting from the SFT model
-    AI labels          new SFT samples on the same prompts, labelled by the reward model instead of the annotator
-                       (annotate label --labeller rm): RLAIF, AI feedback, with an RM trained on human labels
-    DPO (AI feedback)  train_dpo.py on those labels, with the same settings as DPO
+    AI samples         new SFT samples (another seed) on the same prompts as the human labels
+    AI labels          those pairs labelled by the reward model instead of the annotator (annotate label
+                       --labeller rm): AI feedback, with an RM trained on human labels
+    DPO-AI             train_dpo.py on the AI labels, with the same settings as DPO
 
 Then every policy answers the same held-out prompts and the gold judge grades them. Wall time per column is the
 time of the stages that column needs beyond SFT and the human labels: PPO = RM + PPO, DPO = DPO,
@@ -57,12 +56,8 @@ def main():
     p.add_argument("--quickstart_dir", default="out/quickstart", help="reuse its data/, sft/, rm/, ppo/ if present")
     p.add_argument("--out_dir", default="out/compare", help="DPO runs, AI labels, stages not found above, report")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--model", default="small", help="if SFT must run here: model preset (tiny, small)")
-    p.add_argument("--sft_steps", type=int, default=500, help="if SFT must run here")
-    p.add_argument("--label_prompts", type=int, default=600, help="prompts labelled (human and AI)")
+    p.add_argument("--label_prompts", type=int, default=1200, help="prompts whose samples the AI labels (as the quick start's)")
     p.add_argument("--samples_per_prompt", type=int, default=4, help="k samples per prompt: k(k-1)/2 pairs each")
-    p.add_argument("--rm_steps", type=int, default=250, help="if the RM must be trained here")
-    p.add_argument("--ppo_iters", type=int, default=40, help="if PPO must run here")
     p.add_argument("--loss", default="dpo", help="dpo or ipo")
     p.add_argument("--beta", type=float, default=0.1)
     p.add_argument("--dpo_steps", type=int, default=150)
@@ -71,10 +66,13 @@ def main():
 
     qs, out, py, seed = args.quickstart_dir, args.out_dir, sys.executable, str(args.seed)
     have = lambda rel: os.path.exists(os.path.join(qs, rel))  # noqa: E731
-    base = qs if all(have(f) for f in ("data/prefs.jsonl", "sft/ckpt.pt", "rm/ckpt.pt", "ppo/ckpt.pt")) else out
-    data = f"{base}/data"
-    sft, rm, ppo = f"{base}/sft/ckpt.pt", f"{base}/rm/ckpt.pt", f"{base}/ppo/ckpt.pt"
-    print(f"SFT, human labels, RM and PPO from {base}/; DPO runs and AI labels in {out}/")
+    if not all(have(f) for f in ("data/prefs.jsonl", "sft/ckpt.pt", "rm/ckpt.pt", "ppo/ckpt.pt")):
+        cmd = [py, "quickstart.py", "--out_dir", qs, "--seed", seed]
+        print(f"=== the quick start first\n$ {' '.join(cmd)}", flush=True)
+        subprocess.run(cmd, cwd=ROOT, check=True)
+    data = f"{qs}/data"
+    sft, rm, ppo = f"{qs}/sft/ckpt.pt", f"{qs}/rm/ckpt.pt", f"{qs}/ppo/ckpt.pt"
+    print(f"SFT, human labels, RM and PPO from {qs}/; DPO runs and AI labels in {out}/")
 
     def dpo(train_data, out_dir):
         return [py, "train_dpo.py", "--train_data", train_data, "--sft_ckpt", sft, "--out_dir", out_dir,
@@ -82,26 +80,7 @@ def main():
                 "--lr", str(args.dpo_lr), "--log_interval", "25", "--eval_interval", "50", "--ckpt_interval", "1000",
                 "--seed", seed]
 
-    stages = [  # (name, the file whose existence means "done", command); the first five as in quickstart.py
-        ("lab data", f"{data}/sft.jsonl", [py, "-m", "minirlhf.lab.make_data", "--out_dir", data, "--seed", seed]),
-        ("SFT", sft,
-         [py, "train_sft.py", "--train_data", f"{data}/sft.jsonl", "--out_dir", f"{base}/sft",
-          "--init_from", f"scratch:{args.model}", "--max_steps", str(args.sft_steps), "--log_interval", "50",
-          "--ckpt_interval", "250", "--seed", seed]),
-        ("sample pairs", f"{data}/samples.jsonl",
-         [py, "-m", "minirlhf.lab.annotate", "sample", "--ckpt", sft, "--prompts", f"{data}/prompts_train.jsonl",
-          "--out", f"{data}/samples.jsonl", "--k", str(args.samples_per_prompt), "--n_prompts",
-          str(args.label_prompts), "--temperature", "1.0", "--seed", seed]),
-        ("human labels", f"{data}/prefs.jsonl",
-         [py, "-m", "minirlhf.lab.annotate", "label", "--samples", f"{data}/samples.jsonl", "--out",
-          f"{data}/prefs.jsonl", "--labeller", "sim", "--seed", seed]),
-        ("RM", rm,
-         [py, "train_rm.py", "--train_data", f"{data}/prefs.jsonl", "--sft_ckpt", sft, "--out_dir", f"{base}/rm",
-          "--max_steps", str(args.rm_steps), "--batch_size", "64", "--log_interval", "50", "--seed", seed]),
-        ("PPO", ppo,
-         [py, "train_ppo.py", "--prompts", f"{data}/prompts_train.jsonl", "--eval_prompts", "", "--sft_ckpt", sft,
-          "--rm_ckpt", rm, "--out_dir", f"{base}/ppo", "--num_iters", str(args.ppo_iters), "--log_samples", "0",
-          "--ckpt_interval", "10", "--seed", seed]),
+    stages = [  # (name, the file whose existence means "done", command)
         ("DPO", f"{out}/dpo/ckpt.pt", dpo(f"{data}/prefs.jsonl", f"{out}/dpo")),
         # AI feedback: fresh samples (another seed) on the same prompts, labelled by the reward model
         ("AI samples", f"{out}/samples_ai.jsonl",
@@ -117,14 +96,14 @@ def main():
     own_path = os.path.join(out, "timings.json")
     known = json.load(open(own_path)) if os.path.exists(own_path) else {}
     qs_path = os.path.join(qs, "timings.json")
-    if base == qs and os.path.exists(qs_path):
+    if os.path.exists(qs_path):
         qs_times = json.load(open(qs_path))
         qs_names = {"human labels": "label pairs", "RM": "reward model"}
-        known.update({name: qs_times[qs_names.get(name, name)] for name, _, _ in stages
+        known.update({name: qs_times[qs_names.get(name, name)] for name in ("SFT", "human labels", "RM", "PPO")
                       if qs_names.get(name, name) in qs_times})
-    run_dirs = {"SFT": f"{base}/sft", "RM": f"{base}/rm", "PPO": f"{base}/ppo", "DPO": f"{out}/dpo",
+    run_dirs = {"DPO": f"{out}/dpo",
                 "DPO-AI": f"{out}/dpo_ai"}
-    seconds = {}
+    seconds = {name: known.get(name) or logged_time(f"{qs}/{name.lower()}") for name in ("SFT", "RM", "PPO")}
     os.makedirs(out, exist_ok=True)
     for name, done_file, cmd in stages:
         print(f"\n=== {name}\n$ {' '.join(cmd)}", flush=True)

@@ -6,7 +6,8 @@
 The settings are those of the peer harness (shared/peers/trl_ppo.py): a GPT-2-shaped model with 4 layers,
 width 128, 4 heads, vocabulary 512, random weights; 64 rollouts of 24 prompt + 24 response tokens per
 iteration, temperature 0.7, 4 PPO epochs x 4 minibatches, separate policy / reference / reward / value models,
-fp32. Seconds per PPO iteration are the median over the timed iterations after one warm-up iteration.
+fp32. Seconds per PPO iteration are the median over the timed iterations after one warm-up iteration, and
+the median of that over --rounds alternating runs of each.
 TRL needs its own environment (trl==1.12.0, the last release with PPOTrainer); see shared/peers/README.md.
 Results: a table on stdout and bench/results/ppo_vs_trl_<device>.json.
 """
@@ -103,12 +104,23 @@ def main():
     p.add_argument("--trl_python", default=os.environ.get("TRL_PYTHON", sys.executable))
     p.add_argument("--trl_script", default=os.path.join(here, "..", "..", "shared", "peers", "trl_ppo.py"))
     p.add_argument("--skip_trl", action="store_true")
+    p.add_argument("--rounds", type=int, default=3, help="alternating rounds of ours and TRL; medians are reported")
     p.add_argument("--out", default=os.path.join(here, "results", "ppo_vs_trl_cpu.json"))
     args = p.parse_args()
 
-    with tempfile.TemporaryDirectory() as workdir:
-        ours = run_ours(args, workdir)
-    trl = None if args.skip_trl else run_trl(args)
+    # Rounds alternate ours and TRL, so that a machine whose speed drifts (shared cores) slows both alike.
+    rounds = []
+    for _ in range(args.rounds):
+        with tempfile.TemporaryDirectory() as workdir:
+            ours = run_ours(args, workdir)
+        trl = None if args.skip_trl else run_trl(args)
+        rounds.append({"minirlhf": ours["s_per_iter"], "trl": trl["s_per_iter"] if trl else None})
+    if args.rounds > 1:
+        ours["s_per_iter"] = statistics.median(r["minirlhf"] for r in rounds)
+        if trl:
+            trl["s_per_iter"] = statistics.median(r["trl"] for r in rounds)
+        print("rounds (s / iteration, minirlhf / TRL): "
+              + ", ".join(f"{r['minirlhf']:.3f} / {r['trl']}" for r in rounds))
     print(f"\nPPO iteration, {args.vocab}-token vocabulary, 64 x ({args.prompt_len} + {args.response_len}) tokens, "
           f"4 epochs x 4 minibatches, fp32, {platform.processor() or platform.machine()}, "
           f"{os.cpu_count()} cores, torch threads {ours['threads']}")
@@ -120,6 +132,7 @@ def main():
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out, "w") as f:
         json.dump({"machine": platform.platform(), "cpu_count": os.cpu_count(), "minirlhf": ours, "trl": trl,
+                   "rounds": rounds,
                    "ratio": ours["s_per_iter"] / trl["s_per_iter"] if trl else None,
                    "date": time.strftime("%Y-%m-%d")}, f, indent=1)
 
