@@ -162,6 +162,10 @@ class GPT(nn.Module):
         plus these T. Position ids count real tokens only, so left padding shifts nothing.
         """
         B, T = idx.size()
+        if cache is None and position_ids is None and attention_mask is not None and _right_padded(attention_mask):
+            # Only padding at the end of rows (SFT/RM/DPO batches, responses after end-of-text): causal
+            # attention already keeps those pads out of every real token's view, and positions are 0, 1, ...
+            attention_mask = None
         if attention_mask is None and cache is None:
             attn_mask = None  # the fast fused causal path
             pos = torch.arange(T, device=idx.device)[None]
@@ -280,6 +284,12 @@ class GPT(nn.Module):
 
     def model_args(self):
         return asdict(self.config)
+
+
+def _right_padded(attention_mask):
+    """True if every row is real tokens followed by padding: no left padding, no holes."""
+    m = attention_mask.bool()
+    return bool(m[:, 0].all()) and bool((m[:, 1:] <= m[:, :-1]).all())
 
 
 def sample(logits, temperature=1.0, top_k=None, top_p=None, generator=None):

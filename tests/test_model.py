@@ -75,6 +75,20 @@ def test_left_padded_logits_equal_unpadded():
             assert torch.allclose(batch[b, n_pad:], alone[0], atol=1e-5), b
 
 
+def test_right_padded_logits_equal_unpadded():
+    """Right padding takes the fused causal path; real tokens must not see the pads after them."""
+    from minirlhf.model import _right_padded
+    model = tiny()
+    idx = torch.randint(0, 59, (3, 10))
+    mask = torch.ones_like(idx)
+    mask[1, 6:], mask[2, 1:] = 0, 0
+    assert _right_padded(mask) and not _right_padded(mask.flip(1))
+    with torch.no_grad():
+        batch = model(idx, mask)
+        for b, n in enumerate([10, 6, 1]):
+            assert torch.allclose(batch[b, :n], model(idx[b:b + 1, :n])[0], atol=1e-5), b
+
+
 def greedy_by_recomputation(model, prompt, max_new, eos, pad):
     """The plain loop the KV cache must reproduce: run the whole sequence again for every new token."""
     seq = list(prompt)
