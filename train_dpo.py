@@ -47,7 +47,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from minirlhf.checkpoint import load_model
 from minirlhf.data import PREFERENCE_FIELDS, encode_example, read_jsonl, right_pad
 from minirlhf.training import (
-    Logger, adamw, all_reduce_sum, check_finite, check_ranks_in_sync, cosine_lr, load_resume, opt, parse_args,
+    Logger, adamw, all_reduce_sum, check_finite, finish_distributed, cosine_lr, load_resume, opt, parse_args,
     response_logprobs, restore_training_state, resume_path, save_training_checkpoint, seed_everything,
     setup_runtime, step_generator)
 
@@ -245,7 +245,7 @@ def main(args):
         if step % args.ckpt_interval == 0 or step == args.max_steps:
             save_training_checkpoint(rt, args.out_dir, model, stage="dpo", tokenizer_name=tok.name, step=step,
                                      args=args, optimizer=optimizer, loss_type=args.loss, beta=args.beta)
-    check_ranks_in_sync(model, rt)
+    finish_distributed(model, rt)
 
 
 if __name__ == "__main__":

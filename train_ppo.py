@@ -46,7 +46,7 @@ from minirlhf.checkpoint import load_model
 from minirlhf.data import PROMPT_FIELDS, encode_prompt, left_pad, read_jsonl
 from minirlhf.model import ScalarGPT
 from minirlhf.training import (
-    Logger, adamw, all_reduce_mean, all_reduce_sum, check_finite, check_ranks_in_sync, last_token_values,
+    Logger, adamw, all_reduce_mean, all_reduce_sum, check_finite, finish_distributed, last_token_values,
     load_resume, opt, parse_args, response_logprobs, restore_training_state, resume_path,
     save_training_checkpoint, seed_everything, setup_runtime, step_generator)
 
@@ -318,7 +318,7 @@ def main(args):
             save_training_checkpoint(rt, args.out_dir, policy, stage="ppo", tokenizer_name=tok.name, step=it,
                                      args=args, optimizer=policy_opt, kl_coef=kl_coef,
                                      value_model=value_model.state_dict(), value_optimizer=value_opt.state_dict())
-    check_ranks_in_sync(policy, rt)
+    finish_distributed(policy, rt)
 
 
 if __name__ == "__main__":

@@ -30,7 +30,7 @@ from minirlhf.checkpoint import load_model
 from minirlhf.data import PREFERENCE_FIELDS, encode_example, encode_prompt, left_pad, read_jsonl, right_pad
 from minirlhf.model import ScalarGPT
 from minirlhf.training import (
-    Logger, adamw, all_reduce_sum, check_finite, check_ranks_in_sync, cosine_lr, last_token_values,
+    Logger, adamw, all_reduce_sum, check_finite, finish_distributed, cosine_lr, last_token_values,
     load_resume, opt, parse_args, restore_training_state, resume_path, save_training_checkpoint,
     seed_everything, setup_runtime, step_generator)
 
@@ -200,7 +200,7 @@ def main(args):
     save_training_checkpoint(rt, args.out_dir, model, stage="rm", tokenizer_name=tok.name, step=step, args=args,
                              optimizer=optimizer, reward_mean=mean, reward_std=std, normalised=True,
                              eval_accuracy=evaluate()[1] if evals else None)
-    check_ranks_in_sync(model, rt)
+    finish_distributed(model, rt)
 
 
 if __name__ == "__main__":

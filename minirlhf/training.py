@@ -124,8 +124,8 @@ def all_reduce_mean(x, rt):
     return all_reduce_sum(x, rt) / rt.world_size
 
 
-def check_ranks_in_sync(model, rt):
-    """DDP keeps every rank's weights identical; verify it (a cheap checksum) before a run ends."""
+def finish_distributed(model, rt):
+    """End of a DDP run: verify that every rank holds the same weights (a cheap checksum), then tear down."""
     if rt.world_size == 1:
         return
     checksum = torch.tensor([sum(p.double().sum().item() for p in model.parameters())], device=rt.device)

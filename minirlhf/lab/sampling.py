@@ -11,8 +11,8 @@ from dataclasses import dataclass
 
 import torch
 
-from kernels import logprobs
 from minirlhf.data import encode_prompt, left_pad
+from minirlhf.training import response_logprobs
 
 
 @dataclass
@@ -69,12 +69,10 @@ def pack(samples, pad_id):
 def sequence_logprobs(model, ids, mask, response_mask, temperature=1.0):
     """Sum over response tokens of log pi(token | prefix) at `temperature`: (B,).
 
-    Logits at position t score the token at t + 1, so logits[:, :-1] go with ids[:, 1:].
     KL(policy || ref) per sequence is estimated by sequence_logprobs(policy) - sequence_logprobs(ref) on
     responses sampled from the policy (an unbiased estimate whose mean is >= 0).
     """
-    logits = model(ids, mask)[:, :-1]  # (B, T-1, V)
-    lp = logprobs(logits, ids[:, 1:], temperature)  # (B, T-1)
+    lp = response_logprobs(model, ids, mask, 1, temperature)  # (B, T-1): the pipeline's one log-prob function
     return (lp * response_mask[:, 1:]).sum(-1)
 
 
