@@ -128,8 +128,8 @@ def rollout_scores(policy, ref_policy, value_model, reward_model, tokens, mask, 
         t, m = tokens[i: i + args.micro_batch_size], mask[i: i + args.micro_batch_size]
         out[0].append(response_logprobs(policy, t, m, P, args.temperature, fused=args.fused_logprobs))
         out[1].append(response_logprobs(ref_policy, t, m, P, args.temperature, fused=args.fused_logprobs))
-        out[2].append(value_model(t, m)[:, P - 1: -1])  # V(s_t): the state just before response token t
-        out[3].append(last_token_values(reward_model(t, m), m))
+        out[2].append(value_model(t, m, start=P - 1)[:, :-1])  # V(s_t): the state just before response token t
+        out[3].append(last_token_values(reward_model(t, m, start=P - 1), m[:, P - 1:]))  # the last token is a response's
     logprobs, ref_logprobs, values, raw_scores = (torch.cat(x) for x in out)
     valid = mask[:, P:].float()
     return logprobs * valid, ref_logprobs * valid, values * valid, raw_scores
@@ -250,7 +250,7 @@ def main(args):
                         pg_losses = torch.max(-adv * ratio, -adv * ratio.clamp(1 - args.clip_range, 1 + args.clip_range))
                         pg_loss = (pg_losses * mk).sum() / n_valid
 
-                        new_values = value_ddp(tokens[idx], mask[idx])[:, P - 1: -1]
+                        new_values = value_ddp(tokens[idx], mask[idx], start=P - 1)[:, :-1]
                         v_clipped = values[idx] + (new_values - values[idx]).clamp(-args.clip_range_value, args.clip_range_value)
                         vf_losses = torch.max((new_values - returns[idx]) ** 2, (v_clipped - returns[idx]) ** 2)
                         vf_loss = 0.5 * (vf_losses * mk).sum() / n_valid

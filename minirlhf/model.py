@@ -68,21 +68,28 @@ class CausalSelfAttention(nn.Module):
         self.resid_dropout = nn.Dropout(config.dropout)
         self.n_head, self.n_embd, self.dropout, self.layer_idx = config.n_head, config.n_embd, config.dropout, layer_idx
 
-    def forward(self, x, attn_mask, cache=None):
+    def forward(self, x, attn_mask, cache=None, start=0):
+        """x (B, T, C) -> (B, T - start, C): every position gives keys and values, positions start.. give queries."""
         B, T, C = x.size()
         q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hs)
         if cache is not None:  # append this chunk's keys/values, attend over everything so far
-            start, end = cache.length, cache.length + T
-            cache.k[self.layer_idx, :, :, start:end] = k
-            cache.v[self.layer_idx, :, :, start:end] = v
+            first, end = cache.length, cache.length + T
+            cache.k[self.layer_idx, :, :, first:end] = k
+            cache.v[self.layer_idx, :, :, first:end] = v
             k, v = cache.k[self.layer_idx, :, :, :end], cache.v[self.layer_idx, :, :, :end]  # (B, nh, L, hs)
+        if start:  # only the last T - start positions ask; is_causal would align them to the first keys instead
+            q = q[:, :, start:]
+            if attn_mask is None:
+                attn_mask = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()[start:]  # (T - start, T)
+            else:
+                attn_mask = attn_mask[:, :, start:]
         dropout_p = self.dropout if self.training else 0.0
         if attn_mask is None:  # no padding, no cache: the fused causal path
             y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
         else:  # attn_mask (B, 1, T, L) bool, True = may attend
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p)
-        y = y.transpose(1, 2).contiguous().view(B, T, C)  # re-assemble heads side by side
+        y = y.transpose(1, 2).contiguous().view(B, T - start, C)  # re-assemble heads side by side
         return self.resid_dropout(self.c_proj(y))
 
 
@@ -106,8 +113,10 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
         self.mlp = MLP(config)
 
-    def forward(self, x, attn_mask, cache=None):
-        x = x + self.attn(self.ln_1(x), attn_mask, cache)
+    def forward(self, x, attn_mask, cache=None, start=0):
+        """x (B, T, C) -> (B, T - start, C). start > 0 drops the first positions' outputs, which only the next
+        block's attention would read: for the last block, when only positions start.. are wanted."""
+        x = x[:, start:] + self.attn(self.ln_1(x), attn_mask, cache, start)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -155,13 +164,19 @@ class GPT(nn.Module):
     def num_params(self):
         return sum(p.numel() for p in self.parameters())
 
-    def hidden_states(self, idx, attention_mask=None, cache=None, position_ids=None):
-        """idx (B, T) -> final hidden states (B, T, n_embd), after ln_f, before the vocabulary projection.
+    def hidden_states(self, idx, attention_mask=None, cache=None, position_ids=None, start=0):
+        """idx (B, T) -> final hidden states (B, T - start, n_embd) of positions start.., after ln_f, before the
+        vocabulary projection.
 
         attention_mask (B, L) marks real tokens (1) and padding (0); with a cache, L covers the cached positions
         plus these T. Position ids count real tokens only, so left padding shifts nothing.
+        start: every block but the last must run on all T positions (later positions attend to earlier ones),
+        but the last block's outputs at positions < start are read by nothing. Skipping them saves the last
+        block's MLP and output projection there: in RLHF, where only the response is scored, about half of it.
         """
         B, T = idx.size()
+        if not 0 <= start < T:
+            raise ValueError(f"start {start} outside the {T} positions")
         if cache is None and position_ids is None and attention_mask is not None and _right_padded(attention_mask):
             # Only padding at the end of rows (SFT/RM/DPO batches, responses after end-of-text): causal
             # attention already keeps those pads out of every real token's view, and positions are 0, 1, ...
@@ -178,8 +193,8 @@ class GPT(nn.Module):
         if pos.max() >= self.config.block_size:
             raise ValueError(f"sequence of {int(pos.max()) + 1} positions > block_size {self.config.block_size}")
         x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))  # (B, T, C)
-        for block in self.transformer.h:
-            x = block(x, attn_mask, cache)
+        for i, block in enumerate(self.transformer.h):
+            x = block(x, attn_mask, cache, start if i == len(self.transformer.h) - 1 else 0)
         if cache is not None:
             cache.length += T
         return self.transformer.ln_f(x)
@@ -187,12 +202,12 @@ class GPT(nn.Module):
     def forward(self, idx, attention_mask=None, logits_start=0, return_hidden=False):
         """idx (B, T) -> logits (B, T - logits_start, vocab_size). Logits at position t score the token at t + 1.
 
-        Positions before logits_start (the prompt, in RLHF) are never projected onto the vocabulary: the
-        (B, T, V) logits are the largest tensor in the whole pipeline. return_hidden=True stops before the
+        Positions before logits_start (the prompt, in RLHF) are never projected onto the vocabulary (the
+        (B, T, V) logits are the largest tensor in the whole pipeline), nor run through the last block's MLP. return_hidden=True stops before the
         projection and returns the hidden states (B, T - logits_start, n_embd), for the fused linear log-prob
         kernel; it is an option of forward, not a call to hidden_states, so that a DDP wrapper is still called.
         """
-        h = self.hidden_states(idx, attention_mask)[:, logits_start:]
+        h = self.hidden_states(idx, attention_mask, start=logits_start)
         return h if return_hidden else self.lm_head(h)
 
     @torch.no_grad()
@@ -211,7 +226,7 @@ class GPT(nn.Module):
         cache = KVCache(self.config, B, T + max_new_tokens, param.device, param.dtype)
         mask = prompt_mask  # (B, L): real tokens among everything fed so far
         pos = (mask.long().cumsum(-1) - 1).clamp(min=0)  # (B, T)
-        h = self.hidden_states(idx, mask, cache, pos)[:, -1]  # (B, C): only the last position is needed
+        h = self.hidden_states(idx, mask, cache, pos, start=T - 1)[:, -1]  # (B, C): only the last position is needed
         pos = pos[:, -1:]  # (B, 1)
         done = torch.zeros(B, dtype=torch.bool, device=idx.device)
         new_tokens, new_mask = [], []
@@ -305,8 +320,13 @@ def sample(logits, temperature=1.0, top_k=None, top_p=None, generator=None):
         cum = sorted_logits.softmax(-1).cumsum(-1)
         drop = cum - sorted_logits.softmax(-1) >= top_p  # mass before this token already reaches top_p
         logits = logits.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
-    probs = logits.softmax(-1)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+    # Inverse-CDF sampling: one uniform number u per row in (0, total], then the first token whose cumulative
+    # probability reaches u. (torch.multinomial draws an exponential per vocabulary entry: 20x slower on a CPU.)
+    # u <= the cumsum's last entry, so rounding can never step past the end; a token of probability 0 repeats
+    # the entry before it, which reaches u first, so it is never drawn.
+    cdf = logits.softmax(-1).cumsum(-1)  # (B, V)
+    u = (1 - torch.rand(cdf.size(0), 1, generator=generator, device=cdf.device, dtype=cdf.dtype)) * cdf[:, -1:]
+    return torch.searchsorted(cdf, u).squeeze(-1)
 
 
 class ScalarGPT(GPT):
@@ -323,9 +343,9 @@ class ScalarGPT(GPT):
         torch.nn.init.normal_(self.score.weight, std=1 / math.sqrt(config.n_embd + 1))
         torch.nn.init.zeros_(self.score.bias)
 
-    def forward(self, idx, attention_mask=None):
-        """idx (B, T) -> scalar per position (B, T), fp32."""
-        return self.score(self.hidden_states(idx, attention_mask)).squeeze(-1).float()
+    def forward(self, idx, attention_mask=None, start=0):
+        """idx (B, T) -> scalar per position (B, T - start) for positions start.., fp32."""
+        return self.score(self.hidden_states(idx, attention_mask, start=start)).squeeze(-1).float()
 
     def generate(self, *args, **kwargs):
         raise TypeError("ScalarGPT is a reward/value model: it has no vocabulary head to generate with")

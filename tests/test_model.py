@@ -123,6 +123,17 @@ def test_kv_cache_greedy_generation_equals_recomputation():
         assert (tokens[b, T + len(got):] == pad).all()
 
 
+def test_sampling_draws_from_the_softmax_and_never_draws_a_masked_token():
+    from minirlhf.model import sample
+    logits = torch.tensor([[1.0, 0.2, float("-inf"), 1.5, -0.5, 0.0, -2.0, float("-inf")]])
+    n = 100_000
+    draws = sample(logits.expand(n, -1), temperature=0.8, generator=torch.Generator().manual_seed(0))
+    freq = torch.bincount(draws, minlength=8).double() / n
+    p = torch.softmax(logits.double()[0] / 0.8, -1)  # the exact probabilities, float64
+    assert freq[2] == 0 and freq[7] == 0  # -inf (like the pad token, the last id) is never drawn
+    assert ((freq - p).abs() <= 4 * (p * (1 - p) / n).sqrt() + 1e-12).all(), (freq, p)
+
+
 def test_sampling_is_seeded_and_respects_top_k():
     model = tiny()
     idx, mask = torch.randint(0, 59, (8, 4)), torch.ones(8, 4, dtype=torch.long)
@@ -148,3 +159,26 @@ def test_scalar_model_shares_the_trunk_and_ignores_padding():
         assert torch.allclose(scores[1, 4:], rm(idx[1:, 4:])[0], atol=1e-5)
     with pytest.raises(TypeError):
         rm.generate(idx, mask, 3, eos_token_id=59, pad_token_id=60)
+
+
+@pytest.mark.parametrize("padding", ["none", "left", "right"])
+def test_start_skips_the_last_block_on_early_positions_without_changing_later_ones(padding):
+    """hidden_states(start=s) must equal the full computation's positions s.. (values and gradients)."""
+    model = tiny()
+    idx = torch.randint(0, 59, (3, 12))
+    mask = torch.ones(3, 12, dtype=torch.long)
+    if padding == "left":
+        mask[0, :4] = 0
+    elif padding == "right":
+        mask[1, 9:] = 0
+    full = model.hidden_states(idx, mask)[:, 5:]
+    part = model.hidden_states(idx, mask, start=5)
+    assert torch.allclose(part, full, atol=1e-6)
+    g_full = torch.autograd.grad(full.square().sum(), model.transformer.h[0].mlp.c_fc.weight)[0]
+    g_part = torch.autograd.grad(model.hidden_states(idx, mask, start=5).square().sum(),
+                                 model.transformer.h[0].mlp.c_fc.weight)[0]
+    assert torch.allclose(g_part, g_full, atol=1e-6)
+    scalar = ScalarGPT.from_gpt(model)
+    assert torch.allclose(scalar(idx, mask, start=5), scalar(idx, mask)[:, 5:], atol=1e-6)
+    with pytest.raises(ValueError):
+        model.hidden_states(idx, mask, start=12)
