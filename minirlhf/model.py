@@ -203,9 +203,10 @@ class GPT(nn.Module):
         """idx (B, T) -> logits (B, T - logits_start, vocab_size). Logits at position t score the token at t + 1.
 
         Positions before logits_start (the prompt, in RLHF) are never projected onto the vocabulary (the
-        (B, T, V) logits are the largest tensor in the whole pipeline), nor run through the last block's MLP. return_hidden=True stops before the
-        projection and returns the hidden states (B, T - logits_start, n_embd), for the fused linear log-prob
-        kernel; it is an option of forward, not a call to hidden_states, so that a DDP wrapper is still called.
+        (B, T, V) logits are the largest tensor in the whole pipeline), nor run through the last block's MLP.
+        return_hidden=True stops before the projection and returns the hidden states (B, T - logits_start,
+        n_embd), for the fused linear log-prob kernel; it is an option of forward, not a call to hidden_states,
+        so that a DDP wrapper is still called.
         """
         h = self.hidden_states(idx, attention_mask, start=logits_start)
         return h if return_hidden else self.lm_head(h)
