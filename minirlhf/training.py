@@ -136,6 +136,7 @@ def finish_distributed(model, rt):
         raise RuntimeError(f"ranks out of sync: weight checksums {values}")
     if rt.master:
         print(f"ranks in sync: {rt.world_size} ranks, weight checksum {values[0]:.10g}")
+    dist.barrier()  # no rank tears its communicator down while another still uses it
     dist.destroy_process_group()
 
 
