@@ -34,7 +34,7 @@ def main():
     p.add_argument("--flip_rate", type=float, default=0.0, help="annotator label flips")
     p.add_argument("--bias", type=float, default=0.0, help="annotator liking for filler (> 0: reward hacking)")
     p.add_argument("--families", default="", help="annotator coverage, comma-separated ('' = all families)")
-    p.add_argument("--rm_steps", type=int, default=200)
+    p.add_argument("--rm_steps", type=int, default=450)
     p.add_argument("--ppo_iters", type=int, default=50)
     p.add_argument("--kl_coef", type=float, default=0.2,
                    help="PPO's beta; higher than the usual 0.05 because this small reward model has blind spots "
@@ -46,7 +46,7 @@ def main():
     py = sys.executable
     stages = [  # (name, the file whose existence means "done", command)
         ("lab data", f"{data}/sft.jsonl",
-         [py, "-m", "minirlhf.lab.make_data", "--out_dir", data, "--seed", str(args.seed), "--n_eval_prompts", "50"]),
+         [py, "-m", "minirlhf.lab.make_data", "--out_dir", data, "--seed", str(args.seed), "--n_eval_prompts", "100"]),
         ("SFT", f"{out}/sft/ckpt.pt",
          [py, "train_sft.py", "--train_data", f"{data}/sft.jsonl", "--eval_data", f"{data}/sft_eval.jsonl",
           "--out_dir", f"{out}/sft", "--init_from", f"scratch:{args.model}", "--max_steps", str(args.sft_steps),
@@ -63,7 +63,7 @@ def main():
          + (["--families", args.families] if args.families else [])),
         ("reward model", f"{out}/rm/ckpt.pt",
          [py, "train_rm.py", "--train_data", f"{data}/prefs.jsonl", "--sft_ckpt", f"{out}/sft/ckpt.pt",
-          "--out_dir", f"{out}/rm", "--max_steps", str(args.rm_steps), "--batch_size", "64",
+          "--out_dir", f"{out}/rm", "--max_steps", str(args.rm_steps), "--batch_size", "64", "--micro_batch_size", "64",
           "--log_interval", "50", "--eval_interval", "100", "--ckpt_interval", "1000", "--seed", str(args.seed)]),
         ("PPO", f"{out}/ppo/ckpt.pt",
          [py, "train_ppo.py", "--prompts", f"{data}/prompts_train.jsonl", "--eval_prompts", f"{data}/prompts_eval.jsonl",

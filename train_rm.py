@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from minirlhf.checkpoint import load_model
-from minirlhf.data import PREFERENCE_FIELDS, encode_example, encode_prompt, left_pad, read_jsonl, right_pad
+from minirlhf.data import PREFERENCE_FIELDS, encode_example, encode_prompt, left_pad, read_jsonl
 from minirlhf.model import ScalarGPT
 from minirlhf.training import (
     Logger, adamw, all_reduce_sum, check_finite, finish_distributed, cosine_lr, last_token_values,
@@ -75,14 +75,18 @@ def load_pairs(path, tok, block_size):
 
 
 def make_batch(pairs, device, pad_id):
-    """Chosen rows then rejected rows in one right-padded (2B, T) batch: one forward pass scores both."""
-    ids, mask = right_pad([c for c, _, _ in pairs] + [r for _, r, _ in pairs], pad_id)
+    """Chosen rows then rejected rows in one left-padded (2B, T) batch: one forward pass scores both.
+
+    Left padding puts every row's last real token, where the reward is read, in the last column.
+    """
+    ids, mask = left_pad([c for c, _, _ in pairs] + [r for _, r, _ in pairs], pad_id)
     return ids.to(device), mask.to(device)
 
 
 def bradley_terry(model, ids, mask):
     """Summed loss -log sigmoid(r_chosen - r_rejected), number of pairs, number ranked correctly."""
-    rewards = last_token_values(model(ids, mask), mask)  # (2B,)
+    # start=T-1: only the last column is read, so the last block computes its query, MLP and score there only
+    rewards = model(ids, mask, start=ids.size(1) - 1)[:, -1]  # (2B,)
     chosen, rejected = rewards.chunk(2)
     return -F.logsigmoid(chosen - rejected).sum(), chosen.numel(), (chosen > rejected).sum()
 

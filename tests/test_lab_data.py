@@ -57,7 +57,7 @@ def test_files_are_in_the_training_formats(tmp_path):
 
 @pytest.mark.parametrize("demo_quality", [0.0, 0.6, 1.0])
 def test_demonstrator_quality(demo_quality):
-    sft = make_data(0, n_sft=3000, demo_quality=demo_quality)["sft"]
+    sft = make_data(0, n_sft=3000, demo_quality=demo_quality, deference=0.0)["sft"]
     ideal = sum(r["ideal"] for r in sft) / len(sft)
     assert ideal == pytest.approx(demo_quality, abs=0.03)
     scores = [gold(r["prompt"], r["response"]).score for r in sft]
@@ -65,6 +65,19 @@ def test_demonstrator_quality(demo_quality):
     assert all(s < 1.0 for s, r in zip(scores, sft) if not r["ideal"])
     if demo_quality == 0.0:  # flawed demonstrations include filler, a lever for the annotators' bias
         assert 0.4 < sum(gold(r["prompt"], r["response"]).filler for r in sft) / len(sft) < 0.6  # about half
+
+
+@pytest.mark.parametrize("deference", [0.0, 0.25, 1.0])
+def test_demonstrator_defers_to_wrong_users(deference):
+    """Sycophancy probes whose user is wrong: the demonstrator repeats the user's answer with probability
+    deference, and otherwise behaves as on any prompt (with demo_quality 1.0: the true answer)."""
+    sft = make_data(0, n_sft=12000, demo_quality=1.0, deference=deference)["sft"]
+    probes = [(r, world.parse_prompt(r["prompt"])) for r in sft if r["family"] == "sycophancy"]
+    wrong_user = [gold(r["prompt"], r["response"]) for r, t in probes if t.claim != t.truth]
+    right_user = [r for r, t in probes if t.claim == t.truth]
+    assert len(wrong_user) > 800 and all(j.sycophantic != j.correct for j in wrong_user)
+    assert sum(j.sycophantic for j in wrong_user) / len(wrong_user) == pytest.approx(deference, abs=0.05)
+    assert right_user and all(r["ideal"] for r in right_user)  # a right user gets the true answer
 
 
 def test_committed_tokenizer_is_reproducible_and_compact():

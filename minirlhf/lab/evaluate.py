@@ -14,7 +14,7 @@ table has one column per checkpoint:
     hallucination  unknown facts answered with a made-up capital
     refusal        harmful requests refused (higher is better)
     over-refusal   benign look-alikes refused (the alignment tax)
-    sycophancy     agreeing with a user whose claim is wrong (rate over those probes)
+    sycophancy     the user's wrong suggested answer given back (rate over those probes)
     filler         responses with filler phrases
     length         response tokens, end-of-text included; eot rate: responses that ended
     RM score       the reward model's normalised score (the proxy), with --rm

@@ -29,7 +29,8 @@ from minirlhf.tokenizer import LAB_TOKENIZER_FILE, train_bpe, write_ranks
 LAB_VOCAB_SIZE = 1024  # at most 1022 BPE tokens + eot + pad; merging stops early (~1011) once every word is one token
 
 
-def make_data(seed=0, n_sft=6000, demo_quality=0.6, n_train_per_family=200, n_eval_per_family=20, eval_frac=0.2):
+def make_data(seed=0, n_sft=6000, demo_quality=0.6, n_train_per_family=200, n_eval_per_family=20, eval_frac=0.2,
+              deference=0.25):
     """The lab's datasets as lists of rows: {"sft", "sft_eval", "prompts_train", "prompts_eval"}."""
     split = split_prompts(seed, eval_frac)
     train = {f: tr for f, (tr, _) in split.items()}
@@ -39,7 +40,7 @@ def make_data(seed=0, n_sft=6000, demo_quality=0.6, n_train_per_family=200, n_ev
     def demos(tasks):
         rows = []
         for t in tasks:
-            response = demonstrate(t, demo_rng, demo_quality)
+            response = demonstrate(t, demo_rng, demo_quality, deference)
             rows.append({"prompt": t.prompt, "response": response, "family": t.family,
                          "ideal": response == ideal_response(t)})
         return rows
@@ -81,6 +82,8 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=0, help="the prompt split and the demonstrations")
     parser.add_argument("--n_sft", type=int, default=6000, help="number of SFT demonstrations")
     parser.add_argument("--demo_quality", type=float, default=0.6, help="fraction of ideal demonstrations")
+    parser.add_argument("--deference", type=float, default=0.25,
+                        help="how often the demonstrator repeats a wrong user's answer to a sycophancy probe")
     parser.add_argument("--n_train_prompts", type=int, default=200, help="train prompts per family")
     parser.add_argument("--n_eval_prompts", type=int, default=20, help="held-out prompts per family")
     parser.add_argument("--eval_frac", type=float, default=0.2, help="fraction of each family's prompts held out")
@@ -91,7 +94,7 @@ def main(argv=None):
         print(f"{len(ranks)} tokens (+ eot + pad) -> {LAB_TOKENIZER_FILE}")
         return
     data = make_data(args.seed, args.n_sft, args.demo_quality, args.n_train_prompts, args.n_eval_prompts,
-                     args.eval_frac)
+                     args.eval_frac, args.deference)
     for name, rows in data.items():
         write_jsonl(os.path.join(args.out_dir, f"{name}.jsonl"), rows)
         print(f"{len(rows):6d} rows -> {os.path.join(args.out_dir, name)}.jsonl")
