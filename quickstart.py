@@ -37,8 +37,8 @@ def main():
     p.add_argument("--rm_steps", type=int, default=450)
     p.add_argument("--ppo_iters", type=int, default=50)
     p.add_argument("--kl_coef", type=float, default=0.2,
-                   help="PPO's beta; higher than the usual 0.05 because this small reward model has blind spots "
-                        "(real vs invented countries) that PPO finds within a nat of KL at 0.05")
+                   help="PPO's beta; higher than the usual 0.05 as a guard against this small reward model's blind "
+                        "spots, which PPO can find at 0.05 (see the README)")
     args = p.parse_args()
 
     out = args.out_dir
