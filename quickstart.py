@@ -34,8 +34,8 @@ def main():
     p.add_argument("--flip_rate", type=float, default=0.0, help="annotator label flips")
     p.add_argument("--bias", type=float, default=0.0, help="annotator liking for filler (> 0: reward hacking)")
     p.add_argument("--families", default="", help="annotator coverage, comma-separated ('' = all families)")
-    p.add_argument("--rm_steps", type=int, default=450)
-    p.add_argument("--ppo_iters", type=int, default=50)
+    p.add_argument("--rm_steps", type=int, default=400)
+    p.add_argument("--ppo_iters", type=int, default=40)
     p.add_argument("--kl_coef", type=float, default=0.2,
                    help="PPO's beta; higher than the usual 0.05 as a guard against this small reward model's blind "
                         "spots, which PPO can find at 0.05 (see the README)")
@@ -68,7 +68,7 @@ def main():
         ("PPO", f"{out}/ppo/ckpt.pt",
          [py, "train_ppo.py", "--prompts", f"{data}/prompts_train.jsonl", "--eval_prompts", f"{data}/prompts_eval.jsonl",
           "--sft_ckpt", f"{out}/sft/ckpt.pt", "--rm_ckpt", f"{out}/rm/ckpt.pt", "--out_dir", f"{out}/ppo",
-          "--num_iters", str(args.ppo_iters), "--kl_coef", str(args.kl_coef), "--eval_interval", "10",
+          "--num_iters", str(args.ppo_iters), "--kl_coef", str(args.kl_coef), "--eval_interval", "20",
           "--ckpt_interval", "10", "--log_samples", "1", "--seed", str(args.seed)]),
         ("evaluation", f"{out}/report.json",
          [py, "-m", "minirlhf.lab.evaluate", f"SFT={out}/sft/ckpt.pt", f"PPO={out}/ppo/ckpt.pt",
