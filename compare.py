@@ -101,8 +101,7 @@ def main():
         qs_names = {"human labels": "label pairs", "RM": "reward model"}
         known.update({name: qs_times[qs_names.get(name, name)] for name in ("SFT", "human labels", "RM", "PPO")
                       if qs_names.get(name, name) in qs_times})
-    run_dirs = {"DPO": f"{out}/dpo",
-                "DPO-AI": f"{out}/dpo_ai"}
+    run_dirs = {"DPO": f"{out}/dpo", "DPO-AI": f"{out}/dpo_ai"}
     seconds = {name: known.get(name) or logged_time(f"{qs}/{name.lower()}") for name in ("SFT", "RM", "PPO")}
     os.makedirs(out, exist_ok=True)
     for name, done_file, cmd in stages:
