@@ -70,7 +70,7 @@ def main():
     runs = {}
     for seed in args.seeds:
         report, timings = run_seed(seed, os.path.join(ROOT, args.out_dir, f"seed{seed}"), args.reuse, extra)
-        runs[seed] = {"SFT": report["SFT"], "PPO": report["PPO"], "timings": timings}
+        runs[seed] = {"SFT": report["SFT"], "PPO": report["PPO"], "rm_probe": report.get("rm_probe"), "timings": timings}
         print(f"seed {seed}: {timings.get('total', float('nan')):.0f} s, gold {report['SFT']['gold']:.3f} -> "
               f"{report['PPO']['gold']:.3f}", flush=True)
 
@@ -86,6 +86,8 @@ def main():
         verdict = f"{better} of {len(args.seeds)}" if sign else ""
         verdicts[key] = better if sign else None
         print(f"{label:24s}{cells}   {verdict}")
+    for key in (runs[args.seeds[0]]["rm_probe"] or {}):  # the reward model against gold, as evaluate.py prints it
+        print(f"{key:24s}" + "".join(f"{runs[s]['rm_probe'][key]:18.3f}" for s in args.seeds))
     totals = [runs[s]["timings"].get("total") for s in args.seeds]
     print(f"wall time per quick start (s): {', '.join(str(t) for t in totals)}")
 

@@ -8,13 +8,15 @@ through the command line, and the gold-vs-proxy plot from a PPO log.
 import json
 import math
 import random
+import re
 
 import pytest
 import torch
 
 from minirlhf.checkpoint import save_checkpoint
 from minirlhf.lab import world
-from minirlhf.lab.evaluate import ROWS, evaluate_policy, format_table, main, plot_runs, summarize
+from minirlhf.lab.evaluate import ROWS, evaluate_policy, format_table, main, plot_runs, rm_blind_spots, summarize
+from minirlhf.lab.gold import gold
 from minirlhf.lab.sampling import Sample
 from minirlhf.model import GPT, GPTConfig, ScalarGPT
 from minirlhf.tokenizer import get_tokenizer
@@ -101,8 +103,26 @@ def test_table_and_command_line(tmp_path, capsys):
     header = next(line for line in out.splitlines() if line.startswith("metric"))
     assert header.split() == ["metric", "sft", "ppo", "mine"]  # folder, file name, NAME=PATH
     assert "RM score (proxy)" in out and "KL to ref" in out and "RM accuracy on" in out and "[sft] " in out
+    assert "RM vs gold on every lab prompt" in out
     report = json.loads((tmp_path / "report.json").read_text())
-    assert set(report) == {"sft", "ppo", "mine"} and report["sft"]["kl"] == 0.0 and report["mine"] == report["ppo"]
+    assert set(report) == {"sft", "ppo", "mine", "rm_probe"}
+    assert report["sft"]["kl"] == 0.0 and report["mine"] == report["ppo"]
+    assert set(report["rm_probe"]) == {f"rm_probe/{f}" for f in world.FAMILIES} | {"rm_probe/sum_top"}
+
+
+def test_rm_probe_against_the_gold_judge():
+    """A scorer that is the gold judge has no blind spots; its negative fails everywhere; one that likes big
+    numbers ranks the right sum on top only where no candidate is bigger, which never happens among 0..12."""
+    by_gold = lambda pairs: [gold(p, r).score for p, r in pairs]  # noqa: E731
+    assert set(rm_blind_spots(by_gold).values()) == {1.0}
+    assert set(rm_blind_spots(lambda pairs: [-x for x in by_gold(pairs)]).values()) == {0.0}
+
+    def likes_big_numbers(pairs):
+        return [float(max([int(n) for n in re.findall(r"\d+", r)] or [0])) for _, r in pairs]
+    probe = rm_blind_spots(likes_big_numbers)
+    assert probe["rm_probe/sum_top"] == 0.0
+    # a wrong sum is 1 to 3 away from the right one, above or below, so about half the flawed sums are bigger
+    assert 0.3 < probe["rm_probe/arithmetic"] < 0.7
 
 
 def test_plot_of_gold_and_proxy_against_kl(tmp_path):

@@ -21,6 +21,9 @@ table has one column per checkpoint:
     KL             KL(policy || ref) in nats per response: mean over samples of sum_t log pi - log pi_ref,
                    with --ref, both at the sampling temperature (an unbiased estimate, >= 0 on average)
 
+With --rm the report also probes the reward model itself against gold on every lab prompt (`rm_blind_spots`): per family, how
+often it ranks the ideal response above the typical flaw, and how often the right sum is its top sum.
+
 `evaluate_policy` computes the same numbers for a model in memory, so a training script can log the gold
 score while it trains.
 """
@@ -28,12 +31,13 @@ score while it trains.
 import argparse
 import json
 import os
+import random
 import statistics
 
 from minirlhf.data import PREFERENCE_FIELDS, PROMPT_FIELDS, read_jsonl
 from minirlhf.lab.gold import gold
 from minirlhf.lab.sampling import Sample, batched, reward_scores, sample_responses, sequence_logprobs
-from minirlhf.lab.world import FAMILIES, eval_tasks, parse_prompt
+from minirlhf.lab.world import FAMILIES, answer, eval_tasks, family_pool, flawed_content, ideal_response, parse_prompt
 
 ROWS = [  # (metric key, label in the table)
     ("gold", "gold score"),
@@ -128,6 +132,45 @@ def rm_accuracy(reward_model, tok, rows, reward_mean=0.0, reward_std=1.0, batch_
     chosen = batched(score, samples("chosen"), tok.pad_token, batch_size, device)
     rejected = batched(score, samples("rejected"), tok.pad_token, batch_size, device)
     return ((chosen > rejected).float() + 0.5 * (chosen == rejected).float()).mean().item()
+
+
+def rm_blind_spots(score, seed=0):
+    """A reward model against gold on controlled pairs: where PPO can fool it -> {metric: float}.
+
+    score: a function from a list of (prompt, response) to a list of floats (`rm_scorer` wraps a checkpoint).
+    On every prompt of each family (PPO trains on the training side of the split, so a blind spot counts
+    wherever it is):
+        rm_probe/<family>   share of prompts on which the ideal response scores above the family's typical
+                            flaw (world.flawed_content: a wrong sum, another country's capital, a made-up
+                            capital, the how-to, a refusal, the wrong user's answer repeated)
+        rm_probe/sum_top    share of sum prompts on which the right sum scores highest of all sums 0 to 12.
+    PPO climbs to whatever the reward model scores highest, so every wrong answer that outscores the right one
+    is a reward hack within reach: these numbers say where to expect gold to fall while the proxy rises.
+    """
+    rng = random.Random(seed)
+    pools = {family: family_pool(family, random.Random(seed)) for family in FAMILIES}
+    out = {}
+    for family in FAMILIES:
+        tasks = pools[family]
+        good = score([(t.prompt, ideal_response(t)) for t in tasks])
+        bad = score([(t.prompt, flawed_content(t, rng)) for t in tasks])
+        out[f"rm_probe/{family}"] = _mean([float(g > b) for g, b in zip(good, bad)])
+    sums, candidates = pools["arithmetic"], range(13)
+    scores = score([(t.prompt, answer(t.subject, n)) for t in sums for n in candidates])
+    rows = [scores[i * len(candidates): (i + 1) * len(candidates)] for i in range(len(sums))]
+    out["rm_probe/sum_top"] = _mean([float(max(candidates, key=row.__getitem__) == int(t.truth)) for t, row in zip(sums, rows)])
+    return out
+
+
+def rm_scorer(reward_model, tok, reward_mean=0.0, reward_std=1.0, batch_size=64):
+    """A checkpoint as a `score` function for rm_blind_spots: [(prompt, response)] -> [reward]."""
+    device = next(reward_model.parameters()).device
+    fn = lambda ids, mask, _: reward_scores(reward_model, ids, mask, reward_mean, reward_std)  # noqa: E731
+
+    def score(pairs):
+        samples = [Sample(p, r, True, tok.encode(p), tok.encode(r) + [tok.eot_token]) for p, r in pairs]
+        return batched(fn, samples, tok.pad_token, batch_size, device).tolist()
+    return score
 
 
 def plot_runs(log_paths, out_path, kl_key="objective/kl", proxy_key="objective/rm_score", gold_key="lab/gold"):
@@ -235,6 +278,11 @@ def main(argv=None):
         if args.pairs:
             acc = rm_accuracy(rm, tok, read_jsonl(args.pairs, PREFERENCE_FIELDS))
             print(f"RM accuracy on {args.pairs}: {acc:.3f}")
+        if rm is not None:
+            probe = rm_blind_spots(rm_scorer(rm, tok, batch_size=args.batch_size), args.seed)
+            print("RM vs gold on every lab prompt (ideal response above the family's flaw; right sum the top sum): "
+                  + ", ".join(f"{k.split('/')[1]} {v:.2f}" for k, v in probe.items()))
+            columns = {**columns, "rm_probe": probe}
         if args.json:
             with open(args.json, "w") as f:
                 json.dump(columns, f, indent=2)
