@@ -11,12 +11,15 @@ runs `quickstart.py --out_dir QUICKSTART_DIR` (about 4 minutes on 2 CPU cores); 
     DPO                train_dpo.py on the human (simulated annotator) labels, starting from the SFT model
     AI samples         new SFT samples (another seed) on the same prompts as the human labels
     AI labels          those pairs labelled by the reward model instead of the annotator (annotate label
-                       --labeller rm): AI feedback, with an RM trained on human labels
+                       --labeller rm): AI feedback, with an RM trained on human labels (the quick
+                       start's first-round RM, which saw the same labels as DPO)
     DPO-AI             train_dpo.py on the AI labels, with the same settings as DPO
 
 Then every policy answers the same held-out prompts and the gold judge grades them. Wall time per column is the
-time of the stages that column needs beyond SFT and the human labels: PPO = RM + PPO, DPO = DPO,
-DPO-AI = RM + AI labelling + DPO (times of reused stages come from the quick start's timings or logs).
+time of the stages that column needs beyond SFT and the human labels: PPO = every round's RM, PPO and (after
+the first) sampling and labelling, DPO = DPO, DPO-AI = first RM + AI labelling + DPO (times of reused stages
+come from the quick start's timings or logs). PPO's later rounds get labels of their own samples that DPO
+does not see: the comparison says so when it prints the labels.
 """
 
 import argparse
@@ -72,6 +75,8 @@ def main():
         subprocess.run(cmd, cwd=ROOT, check=True)
     data = f"{qs}/data"
     sft, rm, ppo = f"{qs}/sft/ckpt.pt", f"{qs}/rm/ckpt.pt", f"{qs}/ppo/ckpt.pt"
+    # the AI labeller is the first round's reward model: trained on the same human labels DPO learns from
+    rm_ai = f"{qs}/round1/rm/ckpt.pt" if have("round1/rm/ckpt.pt") else rm
     print(f"SFT, human labels, RM and PPO from {qs}/; DPO runs and AI labels in {out}/")
 
     def dpo(train_data, out_dir):
@@ -89,7 +94,7 @@ def main():
           str(args.label_prompts), "--temperature", "1.0", "--seed", str(args.seed + 1)]),
         ("AI labels", f"{out}/prefs_ai.jsonl",
          [py, "-m", "minirlhf.lab.annotate", "label", "--samples", f"{out}/samples_ai.jsonl", "--out",
-          f"{out}/prefs_ai.jsonl", "--labeller", "rm", "--rm_ckpt", rm]),
+          f"{out}/prefs_ai.jsonl", "--labeller", "rm", "--rm_ckpt", rm_ai]),
         ("DPO-AI", f"{out}/dpo_ai/ckpt.pt", dpo(f"{out}/prefs_ai.jsonl", f"{out}/dpo_ai")),
     ]
     # wall times of stages skipped here: this script's own record, the quick start's, or the run's log
@@ -99,10 +104,15 @@ def main():
     if os.path.exists(qs_path):
         qs_times = json.load(open(qs_path))
         qs_names = {"human labels": "label pairs", "RM": "reward model"}
-        known.update({name: qs_times[qs_names.get(name, name)] for name in ("SFT", "human labels", "RM", "PPO")
+        known.update({name: qs_times[qs_names.get(name, name)] for name in ("SFT", "human labels", "RM")
                       if qs_names.get(name, name) in qs_times})
+        # "PPO": everything after the first reward model, later rounds' sampling, labelling and RM included
+        later = [v for k, v in qs_times.items() if k.startswith(("PPO", "sample pairs ", "label pairs ", "reward model "))]
+        if later:
+            known["PPO"] = round(sum(later), 1)
     run_dirs = {"DPO": f"{out}/dpo", "DPO-AI": f"{out}/dpo_ai"}
-    seconds = {name: known.get(name) or logged_time(f"{qs}/{name.lower()}") for name in ("SFT", "RM", "PPO")}
+    logs = {"SFT": f"{qs}/sft", "RM": os.path.dirname(rm_ai), "PPO": f"{qs}/ppo"}  # the last resort: run logs
+    seconds = {name: known.get(name) or logged_time(folder) for name, folder in logs.items()}
     os.makedirs(out, exist_ok=True)
     for name, done_file, cmd in stages:
         print(f"\n=== {name}\n$ {' '.join(cmd)}", flush=True)
@@ -125,6 +135,11 @@ def main():
     ai, n_ai = gold_agreement(f"{out}/prefs_ai.jsonl")
     print(f"\nlabels: human (simulated) {n_human} pairs, {human:.1%} agree with gold; "
           f"AI (reward model) {n_ai} pairs, {ai:.1%} agree with gold")
+    later_rounds = sorted(f for f in os.listdir(data) if f.startswith("prefs_round"))
+    if later_rounds:
+        n_later = sum(1 for f in later_rounds for _ in open(os.path.join(data, f)))
+        print(f"PPO's later rounds also had {n_later} pairs of its own samples labelled by the annotators "
+              f"({', '.join(later_rounds)}); DPO and DPO-AI learn from the first round's labels only")
     prompts = [r["prompt"] for r in read_jsonl(f"{data}/prompts_eval.jsonl", PROMPT_FIELDS)]
     ref, tok, _ = load_model(sft, expect="gpt")
     reward_model = load_model(rm, expect="scalar")[0]  # already normalised by train_rm.py: used as it is

@@ -1,14 +1,20 @@
 """The whole RLHF pipeline on the lab, on a CPU, in a few minutes: the README's main command.
 
-    python quickstart.py                       # lab data -> SFT -> labelled SFT samples -> RM -> PPO -> report
-    python quickstart.py --bias 1.0            # biased annotators who like filler: watch the proxy rise, gold fall
-    python quickstart.py --out_dir out/qs2 --sft_steps 600 --ppo_iters 80   # longer
+    python quickstart.py              # lab data -> SFT -> labelled SFT samples -> RM -> PPO -> labelled PPO samples
+                                      #   -> RM (continued) -> PPO (continued) -> report
+    python quickstart.py --bias 1.0   # biased annotators who like filler: watch the proxy rise, gold fall
+    python quickstart.py --rounds 1 --rm_steps 400 --ppo_iters 40   # one round: the textbook pipeline
+    python quickstart.py --out_dir out/qs2 --sft_steps 600 --rounds 3   # longer
 
 Each stage is one of the project's own commands, printed before it runs, so this file is also the recipe:
 copy a line to rerun or change one stage. Outputs land in out_dir (default out/quickstart):
-data/ (JSONL), sft/, rm/, ppo/ (ckpt.pt + log.jsonl each), report.json, gold_vs_kl.png.
-A stage whose checkpoint already exists is skipped, so an interrupted quick start continues where it stopped
-(delete out_dir to start over).
+data/ (JSONL), sft/, rm/, ppo/ (ckpt.pt + log.jsonl each; the last round's), round1/ (the first round's rm/
+and ppo/), report.json, gold_vs_kl.png. A stage whose checkpoint already exists is skipped, so an
+interrupted quick start continues where it stopped (delete out_dir to start over).
+
+Two rounds of iterated RLHF, not one: the first round's PPO policy finds responses its reward model
+overrates (on this lab, mostly wrong sums), and labelling the policy's own samples puts exactly those
+in front of the annotators. The README shows one round against two.
 """
 
 import argparse
@@ -34,8 +40,11 @@ def main():
     p.add_argument("--flip_rate", type=float, default=0.0, help="annotator label flips")
     p.add_argument("--bias", type=float, default=0.0, help="annotator liking for filler (> 0: reward hacking)")
     p.add_argument("--families", default="", help="annotator coverage, comma-separated ('' = all families)")
-    p.add_argument("--rm_steps", type=int, default=400)
-    p.add_argument("--ppo_iters", type=int, default=40)
+    p.add_argument("--rounds", type=int, default=2,
+                   help="rounds of iterated RLHF: reward model + PPO, then new pairs from the PPO policy, ...")
+    p.add_argument("--rm_steps", type=int, default=300, help="reward-model steps in the first round")
+    p.add_argument("--rm_steps_next", type=int, default=150, help="in each later round, continuing the last one")
+    p.add_argument("--ppo_iters", type=int, default=20, help="PPO iterations per round")
     p.add_argument("--kl_coef", type=float, default=0.2,
                    help="PPO's beta; higher than the usual 0.05 as a guard against this small reward model's blind "
                         "spots, which PPO can find at 0.05 (see the README)")
@@ -61,21 +70,51 @@ def main():
           "--out", f"{data}/prefs.jsonl", "--labeller", "sim", "--temperature", str(args.temperature),
           "--flip_rate", str(args.flip_rate), "--bias", str(args.bias), "--seed", str(args.seed)]
          + (["--families", args.families] if args.families else [])),
-        ("reward model", f"{out}/rm/ckpt.pt",
-         [py, "train_rm.py", "--train_data", f"{data}/prefs.jsonl", "--sft_ckpt", f"{out}/sft/ckpt.pt",
-          "--out_dir", f"{out}/rm", "--max_steps", str(args.rm_steps), "--batch_size", "64", "--micro_batch_size", "64",
-          "--log_interval", "50", "--eval_interval", "100", "--ckpt_interval", "1000", "--seed", str(args.seed)]),
-        ("PPO", f"{out}/ppo/ckpt.pt",
-         [py, "train_ppo.py", "--prompts", f"{data}/prompts_train.jsonl", "--eval_prompts", f"{data}/prompts_eval.jsonl",
-          "--sft_ckpt", f"{out}/sft/ckpt.pt", "--rm_ckpt", f"{out}/rm/ckpt.pt", "--out_dir", f"{out}/ppo",
-          "--num_iters", str(args.ppo_iters), "--kl_coef", str(args.kl_coef), "--eval_interval", "20",
-          "--ckpt_interval", "10", "--log_samples", "1", "--seed", str(args.seed)]),
+    ]
+    # Iterated RLHF (Bai et al. 2022, section 4.5; Llama 2's rounds): each round trains a reward model on every
+    # pair labelled so far and runs PPO against it; the next round labels samples of *that* PPO policy, which
+    # are exactly the responses where the last reward model was wrong in the policy's favour, and goes on from
+    # there. The last round writes rm/ and ppo/; earlier ones write roundN/rm and roundN/ppo.
+    prefs, prev_rm, prev_ppo, ppo_logs = [f"{data}/prefs.jsonl"], None, None, []
+    for r in range(1, args.rounds + 1):
+        last, tag = r == args.rounds, "" if r == 1 else f" {r}"
+        rm_dir, ppo_dir = (f"{out}/rm", f"{out}/ppo") if last else (f"{out}/round{r}/rm", f"{out}/round{r}/ppo")
+        round_seed = str(args.seed + r - 1)
+        if r > 1:
+            samples, new_prefs = f"{data}/samples_round{r}.jsonl", f"{data}/prefs_round{r}.jsonl"
+            stages += [
+                (f"sample pairs{tag}", samples,
+                 [py, "-m", "minirlhf.lab.annotate", "sample", "--ckpt", prev_ppo,
+                  "--prompts", f"{data}/prompts_train.jsonl", "--out", samples, "--k", str(args.samples_per_prompt),
+                  "--n_prompts", str(args.label_prompts), "--temperature", "1.0", "--seed", round_seed]),
+                (f"label pairs{tag}", new_prefs,
+                 [py, "-m", "minirlhf.lab.annotate", "label", "--samples", samples, "--out", new_prefs,
+                  "--labeller", "sim", "--temperature", str(args.temperature), "--flip_rate", str(args.flip_rate),
+                  "--bias", str(args.bias), "--seed", round_seed]
+                 + (["--families", args.families] if args.families else []))]
+            prefs.append(new_prefs)
+        stages += [
+            (f"reward model{tag}", f"{rm_dir}/ckpt.pt",
+             [py, "train_rm.py", "--train_data", ",".join(prefs), "--sft_ckpt", f"{out}/sft/ckpt.pt",
+              "--out_dir", rm_dir, "--max_steps", str(args.rm_steps if r == 1 else args.rm_steps_next),
+              "--batch_size", "64", "--micro_batch_size", "64", "--log_interval", "50", "--eval_interval", "1000",
+              "--ckpt_interval", "1000", "--seed", round_seed]
+             + (["--init_from", prev_rm] if prev_rm else [])),
+            (f"PPO{tag}", f"{ppo_dir}/ckpt.pt",
+             [py, "train_ppo.py", "--prompts", f"{data}/prompts_train.jsonl",
+              "--eval_prompts", f"{data}/prompts_eval.jsonl", "--sft_ckpt", f"{out}/sft/ckpt.pt",
+              "--rm_ckpt", f"{rm_dir}/ckpt.pt", "--out_dir", ppo_dir, "--num_iters", str(args.ppo_iters),
+              "--kl_coef", str(args.kl_coef), "--eval_interval", str(args.ppo_iters), "--ckpt_interval", "10",
+              "--log_samples", "1", "--seed", round_seed]
+             + (["--policy_ckpt", prev_ppo] if prev_ppo else []))]
+        prev_rm, prev_ppo = f"{rm_dir}/ckpt.pt", f"{ppo_dir}/ckpt.pt"
+        ppo_logs.append(f"{ppo_dir}/log.jsonl")
+    stages.append(
         ("evaluation", f"{out}/report.json",
          [py, "-m", "minirlhf.lab.evaluate", f"SFT={out}/sft/ckpt.pt", f"PPO={out}/ppo/ckpt.pt",
           "--rm", f"{out}/rm/ckpt.pt", "--ref", f"{out}/sft/ckpt.pt", "--prompts", f"{data}/prompts_eval.jsonl",
-          "--pairs", f"{data}/prefs.jsonl", "--json", f"{out}/report.json",
-          "--plot", f"{out}/ppo/log.jsonl", "--plot_out", f"{out}/gold_vs_kl.png"]),
-    ]
+          "--json", f"{out}/report.json", "--plot", ",".join(ppo_logs), # all rounds as one run
+          "--plot_out", f"{out}/gold_vs_kl.png"]))
     timings = {}
     t_start = time.time()
     for name, done_file, cmd in stages:

@@ -55,7 +55,9 @@ from minirlhf.training import (
 class Args:
     prompts: str = opt("data/lab/prompts_train.jsonl", "prompts JSONL: {'prompt'} per line")
     eval_prompts: str = opt("data/lab/prompts_eval.jsonl", "held-out prompts for the periodic gold evaluation (lab prompts only; '' = none)")
-    sft_ckpt: str = opt("out/sft/ckpt.pt", "SFT checkpoint: the initial policy and the frozen reference")
+    sft_ckpt: str = opt("out/sft/ckpt.pt", "SFT checkpoint: the frozen reference (and the initial policy)")
+    policy_ckpt: str = opt("", "start the policy from this checkpoint instead, e.g. the last round's PPO policy "
+                               "in iterated RLHF; the KL penalty still measures the distance to sft_ckpt")
     rm_ckpt: str = opt("out/rm/ckpt.pt", "reward model checkpoint (also the value model's initialisation)")
     out_dir: str = opt("out/ppo", "where ckpt.pt and log.jsonl go")
     num_iters: int = opt(60, "PPO iterations (rollout + update)")
@@ -156,8 +158,10 @@ def main(args):
     os.makedirs(args.out_dir, exist_ok=True)
 
     # ---- four models: policy and value are trained; reference and reward model are frozen. All in eval mode.
-    policy, tok, _ = load_model(args.sft_ckpt, expect="gpt", device=rt.device)
-    ref_policy, _, _ = load_model(args.sft_ckpt, expect="gpt", device=rt.device)
+    policy, tok, _ = load_model(args.policy_ckpt or args.sft_ckpt, expect="gpt", device=rt.device)
+    ref_policy, ref_tok, _ = load_model(args.sft_ckpt, expect="gpt", device=rt.device)
+    if ref_tok.name != tok.name:
+        raise ValueError(f"{args.policy_ckpt} uses tokenizer {tok.name!r} but {args.sft_ckpt} uses {ref_tok.name!r}")
     reward_model, rm_tok, rm_ckpt = load_model(args.rm_ckpt, expect="scalar", device=rt.device)
     value_model, _, _ = load_model(args.rm_ckpt, expect="scalar", device=rt.device)
     if rm_tok.name != tok.name:

@@ -37,11 +37,13 @@ from minirlhf.training import (
 
 @dataclass
 class Args:
-    train_data: str = opt("data/lab/prefs.jsonl", "preference JSONL: {'prompt', 'chosen', 'rejected'} per line")
+    train_data: str = opt("data/lab/prefs.jsonl", "preference JSONL: {'prompt', 'chosen', 'rejected'} per line; "
+                                                   "several files comma-separated")
     eval_data: str = opt("", "held-out preference JSONL ('' = hold out eval_fraction of train_data)")
     eval_fraction: float = opt(0.1, "fraction of train_data held out when there is no eval_data")
     out_dir: str = opt("out/rm", "where ckpt.pt and log.jsonl go")
-    sft_ckpt: str = opt("out/sft/ckpt.pt", "the SFT checkpoint the reward model starts from")
+    sft_ckpt: str = opt("out/sft/ckpt.pt", "the SFT checkpoint the reward model starts from (and is normalised on)")
+    init_from: str = opt("", "a reward model checkpoint to continue from instead (a later round of iterated RLHF)")
     batch_size: int = opt(32, "pairs per optimizer step, over all ranks and micro-batches")
     micro_batch_size: int = opt(32, "pairs per forward/backward (gradient accumulation makes up the rest)")
     max_steps: int = opt(200, "optimizer steps")
@@ -63,8 +65,9 @@ class Args:
 
 
 def load_pairs(path, tok, block_size):
-    """JSONL -> list of (chosen ids, rejected ids), each prompt + response + eot; counts prompts cut."""
-    rows = read_jsonl(path, PREFERENCE_FIELDS)
+    """JSONL file(s), comma-separated -> list of (chosen ids, rejected ids, prompt), each prompt + response + eot;
+    counts prompts cut."""
+    rows = [row for one in path.split(",") for row in read_jsonl(one, PREFERENCE_FIELDS)]
     pairs, n_cut = [], 0
     for row in rows:
         pc, rc, cut1 = encode_example(tok, row["prompt"], row["chosen"], block_size)
@@ -118,7 +121,13 @@ def main(args):
 
     # ---- model and data
     sft, tok, _ = load_model(args.sft_ckpt, expect="gpt", device=rt.device)
-    model = ScalarGPT.from_gpt(sft).train()
+    if args.init_from:  # iterated RLHF: the last round's reward model goes on learning from all rounds' pairs
+        model, rm_tok, _ = load_model(args.init_from, expect="scalar", device=rt.device)
+        if rm_tok.name != tok.name:
+            raise ValueError(f"{args.init_from} uses tokenizer {rm_tok.name!r} but {args.sft_ckpt} uses {tok.name!r}")
+        model.train()
+    else:
+        model = ScalarGPT.from_gpt(sft).train()
     block_size = model.config.block_size
     train, n_cut = load_pairs(args.train_data, tok, block_size)
     if args.eval_data:

@@ -139,3 +139,5 @@ def test_plot_of_gold_and_proxy_against_kl(tmp_path):
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
     main(["--plot", str(log), str(log), "--plot_out", str(tmp_path / "two.png")])  # two runs, one figure
     assert (tmp_path / "two.png").stat().st_size > 1000
+    main(["--plot", f"{log},{log}", "--plot_out", str(tmp_path / "rounds.png")])  # two rounds, one run
+    assert (tmp_path / "rounds.png").stat().st_size > 1000

@@ -73,6 +73,43 @@ def test_stages_hand_off_and_ppo_starts_at_ratio_one(lab, tmp_path):
     assert ckpt["stage"] == "ppo" and ckpt["step"] == 4
 
 
+def test_a_second_round_continues_from_the_first(lab, tmp_path, capsys):
+    """Iterated RLHF: train_rm --init_from continues from the last reward model on several pair files, and
+    train_ppo --policy_ckpt starts the policy from the last round's while the KL stays measured to SFT."""
+    from minirlhf.checkpoint import load_model, save_checkpoint
+    from minirlhf.data import left_pad
+    # a reward model "trained" at lr 0 from the first round's is that model up to its new normalisation
+    train_rm.main(parse_args(train_rm.Args, [
+        "--train_data", f"{lab}/prefs.jsonl,{lab}/prefs.jsonl", "--sft_ckpt", f"{lab}/sft/ckpt.pt",
+        "--init_from", f"{lab}/rm/ckpt.pt", "--out_dir", str(tmp_path / "rm2"), "--batch_size", "8",
+        "--max_steps", "2", "--lr", "0", "--eval_fraction", "0.25", "--norm_samples", "16", "--max_new_tokens", "12"]))
+    n_rows = sum(1 for _ in open(f"{lab}/prefs.jsonl"))
+    n_eval = int(2 * n_rows * 0.25)
+    assert f"{2 * n_rows - n_eval} training pairs" in capsys.readouterr().out  # both files were read
+    old, tok, _ = load_model(f"{lab}/rm/ckpt.pt", expect="scalar")
+    new, _, ckpt = load_model(str(tmp_path / "rm2" / "ckpt.pt"), expect="scalar")
+    ids, mask = left_pad([tok.encode("Human: What is 2 + 3?\n\nAssistant: 2 + 3 = 5."), tok.encode("x y")], tok.pad_token)
+    with torch.no_grad():
+        expected, got = old(ids, mask)[:, -1], new(ids, mask)[:, -1] * ckpt["reward_std"] + ckpt["reward_mean"]
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+
+    # PPO from another policy: the very first rollout already has KL to the reference; from SFT it has none
+    sft, _, _ = load_model(f"{lab}/sft/ckpt.pt", expect="gpt")
+    with torch.no_grad():
+        for w in sft.parameters():
+            w.add_(0.05 * torch.randn_like(w))
+    save_checkpoint(str(tmp_path / "other.pt"), sft, stage="ppo", tokenizer_name=tok.name)
+    kl = {}
+    for name, extra in (("sft", []), ("other", ["--policy_ckpt", str(tmp_path / "other.pt")])):
+        flags = ppo_flags(lab, str(tmp_path / f"ppo_{name}")) + extra
+        flags[flags.index("--num_iters") + 1] = "1"
+        train_ppo.main(parse_args(train_ppo.Args, flags))
+        row = read_log(tmp_path / f"ppo_{name}" / "log.jsonl")[0]
+        assert row["policy/first_ratio_error"] < 1e-5
+        kl[name] = row["objective/kl"]
+    assert abs(kl["sft"]) < 1e-5 and abs(kl["other"]) > 1e-3
+
+
 class Killed(Exception):
     pass
 

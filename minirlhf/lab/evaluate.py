@@ -176,6 +176,9 @@ def rm_scorer(reward_model, tok, reward_mean=0.0, reward_std=1.0, batch_size=64)
 def plot_runs(log_paths, out_path, kl_key="objective/kl", proxy_key="objective/rm_score", gold_key="lab/gold"):
     """Gold and proxy reward against KL, one colour per PPO log (JSONL, one object per iteration).
 
+    A log given as "round1/log.jsonl,round2/log.jsonl" is one run of iterated RLHF: one curve, whose proxy is
+    each round's own reward model.
+
     The picture of Gao et al. (2022): as KL from the SFT model grows, the proxy keeps rising while the
     gold score rises, peaks and, once the policy exploits the reward model's errors, falls.
     """
@@ -187,13 +190,15 @@ def plot_runs(log_paths, out_path, kl_key="objective/kl", proxy_key="objective/r
         raise SystemExit("the plot needs matplotlib: pip install matplotlib (or pip install -e '.[lab]')") from None
     fig, ax = plt.subplots(figsize=(6, 4))
     for i, path in enumerate(log_paths):
-        with open(path) as f:
-            logs = [json.loads(line) for line in f if line.strip()]
+        logs = []
+        for part in path.split(","):  # the rounds of iterated RLHF, comma-separated: one run
+            with open(part) as f:
+                logs += [json.loads(line) for line in f if line.strip()]
         proxy = [(r[kl_key], r[proxy_key]) for r in logs if kl_key in r and proxy_key in r]
         golds = [(r[kl_key], r[gold_key]) for r in logs if kl_key in r and gold_key in r]
         if not proxy and not golds:
             raise SystemExit(f"{path}: no lines with '{kl_key}' and '{proxy_key}' or '{gold_key}'")
-        name = os.path.basename(os.path.dirname(os.path.abspath(path))) if len(log_paths) > 1 else ""
+        name = os.path.basename(os.path.dirname(os.path.abspath(path.split(",")[-1]))) if len(log_paths) > 1 else ""
         colour = f"C{i}"
         # Per-iteration values are noisy (one batch each): faint dots for the iterations, and a line through
         # running means over `window` consecutive iterations (of KL and reward alike) for the trend.
@@ -242,7 +247,8 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--show", type=int, default=0, help="print this many sample responses per checkpoint")
     parser.add_argument("--json", default=None, help="also write the table as JSON here")
-    parser.add_argument("--plot", nargs="*", default=None, help="PPO log JSONL file(s) to plot gold and proxy vs KL")
+    parser.add_argument("--plot", nargs="*", default=None,
+                        help="PPO log JSONL file(s) to plot gold and proxy vs KL (A,B: the rounds of one run)")
     parser.add_argument("--plot_out", default="gold_vs_kl.png")
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args(argv)
