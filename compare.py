@@ -107,7 +107,8 @@ def main():
         known.update({name: qs_times[qs_names.get(name, name)] for name in ("SFT", "human labels", "RM")
                       if qs_names.get(name, name) in qs_times})
         # "PPO": everything after the first reward model, later rounds' sampling, labelling and RM included
-        later = [v for k, v in qs_times.items() if k.startswith(("PPO", "sample pairs ", "label pairs ", "reward model "))]
+        later_stages = ("PPO", "sample pairs ", "label pairs ", "reward model ")  # "PPO 2", "reward model 2", ...
+        later = [v for k, v in qs_times.items() if k.startswith(later_stages)]
         if later:
             known["PPO"] = round(sum(later), 1)
     run_dirs = {"DPO": f"{out}/dpo", "DPO-AI": f"{out}/dpo_ai"}

@@ -71,9 +71,9 @@ def main():
           "--flip_rate", str(args.flip_rate), "--bias", str(args.bias), "--seed", str(args.seed)]
          + (["--families", args.families] if args.families else [])),
     ]
-    # Iterated RLHF (Bai et al. 2022, section 4.5; Llama 2's rounds): each round trains a reward model on every
-    # pair labelled so far and runs PPO against it; the next round labels samples of *that* PPO policy, which
-    # are exactly the responses where the last reward model was wrong in the policy's favour, and goes on from
+    # Iterated RLHF (the "iterated online RLHF" of Bai et al. 2022; Llama 2's rounds): each round trains a reward
+    # model on every pair labelled so far and runs PPO against it; the next round labels samples of *that* PPO
+    # policy, which is where the last reward model's mistakes in the policy's favour show up, and goes on from
     # there. The last round writes rm/ and ppo/; earlier ones write roundN/rm and roundN/ppo.
     prefs, prev_rm, prev_ppo, ppo_logs = [f"{data}/prefs.jsonl"], None, None, []
     for r in range(1, args.rounds + 1):

@@ -70,7 +70,8 @@ def main():
     runs = {}
     for seed in args.seeds:
         report, timings = run_seed(seed, os.path.join(ROOT, args.out_dir, f"seed{seed}"), args.reuse, extra)
-        runs[seed] = {"SFT": report["SFT"], "PPO": report["PPO"], "rm_probe": report.get("rm_probe"), "timings": timings}
+        runs[seed] = {"SFT": report["SFT"], "PPO": report["PPO"], "rm_probe": report.get("rm_probe"),
+                      "timings": timings}
         print(f"seed {seed}: {timings.get('total', float('nan')):.0f} s, gold {report['SFT']['gold']:.3f} -> "
               f"{report['PPO']['gold']:.3f}", flush=True)
 

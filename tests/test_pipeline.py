@@ -88,7 +88,8 @@ def test_a_second_round_continues_from_the_first(lab, tmp_path, capsys):
     assert f"{2 * n_rows - n_eval} training pairs" in capsys.readouterr().out  # both files were read
     old, tok, _ = load_model(f"{lab}/rm/ckpt.pt", expect="scalar")
     new, _, ckpt = load_model(str(tmp_path / "rm2" / "ckpt.pt"), expect="scalar")
-    ids, mask = left_pad([tok.encode("Human: What is 2 + 3?\n\nAssistant: 2 + 3 = 5."), tok.encode("x y")], tok.pad_token)
+    texts = ["Human: What is 2 + 3?\n\nAssistant: 2 + 3 = 5.", "x y"]
+    ids, mask = left_pad([tok.encode(t) for t in texts], tok.pad_token)
     with torch.no_grad():
         expected, got = old(ids, mask)[:, -1], new(ids, mask)[:, -1] * ckpt["reward_std"] + ckpt["reward_mean"]
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)

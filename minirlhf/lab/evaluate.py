@@ -21,8 +21,9 @@ table has one column per checkpoint:
     KL             KL(policy || ref) in nats per response: mean over samples of sum_t log pi - log pi_ref,
                    with --ref, both at the sampling temperature (an unbiased estimate, >= 0 on average)
 
-With --rm the report also probes the reward model itself against gold on every lab prompt (`rm_blind_spots`): per family, how
-often it ranks the ideal response above the typical flaw, and how often the right sum is its top sum.
+With --rm the report also probes the reward model itself against gold on every lab prompt (`rm_blind_spots`):
+per family, how often it ranks the ideal response above the typical flaw, and how often the right sum is its
+top sum.
 
 `evaluate_policy` computes the same numbers for a model in memory, so a training script can log the gold
 score while it trains.
@@ -158,7 +159,8 @@ def rm_blind_spots(score, seed=0):
     sums, candidates = pools["arithmetic"], range(13)
     scores = score([(t.prompt, answer(t.subject, n)) for t in sums for n in candidates])
     rows = [scores[i * len(candidates): (i + 1) * len(candidates)] for i in range(len(sums))]
-    out["rm_probe/sum_top"] = _mean([float(max(candidates, key=row.__getitem__) == int(t.truth)) for t, row in zip(sums, rows)])
+    top = [max(candidates, key=row.__getitem__) for row in rows]
+    out["rm_probe/sum_top"] = _mean([float(n == int(t.truth)) for n, t in zip(top, sums)])
     return out
 
 
