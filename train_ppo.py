@@ -3,6 +3,7 @@
     python train_ppo.py --prompts data/lab/prompts_train.jsonl --sft_ckpt out/sft/ckpt.pt --rm_ckpt out/rm/ckpt.pt
     torchrun --nproc_per_node=2 train_ppo.py ...
     python train_ppo.py --out_dir out/ppo --resume true
+    python train_ppo.py ... --policy_ckpt out/ppo/ckpt.pt --rm_ckpt out/rm2/ckpt.pt --out_dir out/ppo2   # round 2
 
 One iteration:
   1. rollout   sample a response per prompt from the policy at temperature T (no top-k / top-p), KV cache;

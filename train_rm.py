@@ -3,6 +3,8 @@
     python train_rm.py --train_data data/lab/prefs.jsonl --sft_ckpt out/sft/ckpt.pt --out_dir out/rm
     torchrun --nproc_per_node=2 train_rm.py ...
     python train_rm.py --out_dir out/rm --resume true
+    python train_rm.py --train_data prefs.jsonl,prefs_round2.jsonl --init_from out/rm/ckpt.pt --out_dir out/rm2
+                                                        # a second round of iterated RLHF: all pairs so far
 
 The reward model is the SFT model with its vocabulary head replaced by a scalar head (std 1/sqrt(d+1)), read at
 the last real token of prompt + response (the end-of-text when there is one). Bradley-Terry: a person prefers
