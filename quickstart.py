@@ -13,7 +13,7 @@ and ppo/), report.json, gold_vs_kl.png. A stage whose checkpoint already exists 
 interrupted quick start continues where it stopped (delete out_dir to start over).
 
 Two rounds of iterated RLHF, not one: the first round's PPO policy finds responses its reward model
-overrates (on this lab, mostly wrong sums), and labelling the policy's own samples puts exactly those
+overrates (on this lab, mostly wrong sums), and labelling the policy's own samples puts such responses
 in front of the annotators. The README shows one round against two.
 """
 
@@ -60,40 +60,30 @@ def main():
          [py, "train_sft.py", "--train_data", f"{data}/sft.jsonl", "--eval_data", f"{data}/sft_eval.jsonl",
           "--out_dir", f"{out}/sft", "--init_from", f"scratch:{args.model}", "--max_steps", str(args.sft_steps),
           "--lr", str(args.sft_lr), "--log_interval", "100", "--eval_interval", "500", "--ckpt_interval", "500", "--seed", str(args.seed)]),
-        ("sample pairs", f"{data}/samples.jsonl",
-         [py, "-m", "minirlhf.lab.annotate", "sample", "--ckpt", f"{out}/sft/ckpt.pt",
-          "--prompts", f"{data}/prompts_train.jsonl", "--out", f"{data}/samples.jsonl",
-          "--k", str(args.samples_per_prompt), "--n_prompts", str(args.label_prompts), "--temperature", "1.0",
-          "--seed", str(args.seed)]),
-        ("label pairs", f"{data}/prefs.jsonl",
-         [py, "-m", "minirlhf.lab.annotate", "label", "--samples", f"{data}/samples.jsonl",
-          "--out", f"{data}/prefs.jsonl", "--labeller", "sim", "--temperature", str(args.temperature),
-          "--flip_rate", str(args.flip_rate), "--bias", str(args.bias), "--seed", str(args.seed)]
-         + (["--families", args.families] if args.families else [])),
     ]
     # Iterated RLHF (the "iterated online RLHF" of Bai et al. 2022; Llama 2's rounds): each round trains a reward
     # model on every pair labelled so far and runs PPO against it; the next round labels samples of *that* PPO
     # policy, which is where the last reward model's mistakes in the policy's favour show up, and goes on from
     # there. The last round writes rm/ and ppo/; earlier ones write roundN/rm and roundN/ppo.
-    prefs, prev_rm, prev_ppo, ppo_logs = [f"{data}/prefs.jsonl"], None, None, []
+    prefs, prev_rm, prev_ppo, ppo_logs = [], None, None, []
     for r in range(1, args.rounds + 1):
         last, tag = r == args.rounds, "" if r == 1 else f" {r}"
         rm_dir, ppo_dir = (f"{out}/rm", f"{out}/ppo") if last else (f"{out}/round{r}/rm", f"{out}/round{r}/ppo")
         round_seed = str(args.seed + r - 1)
-        if r > 1:
-            samples, new_prefs = f"{data}/samples_round{r}.jsonl", f"{data}/prefs_round{r}.jsonl"
-            stages += [
-                (f"sample pairs{tag}", samples,
-                 [py, "-m", "minirlhf.lab.annotate", "sample", "--ckpt", prev_ppo,
-                  "--prompts", f"{data}/prompts_train.jsonl", "--out", samples, "--k", str(args.samples_per_prompt),
-                  "--n_prompts", str(args.label_prompts), "--temperature", "1.0", "--seed", round_seed]),
-                (f"label pairs{tag}", new_prefs,
-                 [py, "-m", "minirlhf.lab.annotate", "label", "--samples", samples, "--out", new_prefs,
-                  "--labeller", "sim", "--temperature", str(args.temperature), "--flip_rate", str(args.flip_rate),
-                  "--bias", str(args.bias), "--seed", round_seed]
-                 + (["--families", args.families] if args.families else []))]
-            prefs.append(new_prefs)
+        # pairs of samples from the current policy (SFT in the first round), labelled by the annotators
+        suffix = "" if r == 1 else f"_round{r}"
+        samples, new_prefs = f"{data}/samples{suffix}.jsonl", f"{data}/prefs{suffix}.jsonl"
+        prefs.append(new_prefs)
         stages += [
+            (f"sample pairs{tag}", samples,
+             [py, "-m", "minirlhf.lab.annotate", "sample", "--ckpt", prev_ppo or f"{out}/sft/ckpt.pt",
+              "--prompts", f"{data}/prompts_train.jsonl", "--out", samples, "--k", str(args.samples_per_prompt),
+              "--n_prompts", str(args.label_prompts), "--temperature", "1.0", "--seed", round_seed]),
+            (f"label pairs{tag}", new_prefs,
+             [py, "-m", "minirlhf.lab.annotate", "label", "--samples", samples, "--out", new_prefs,
+              "--labeller", "sim", "--temperature", str(args.temperature), "--flip_rate", str(args.flip_rate),
+              "--bias", str(args.bias), "--seed", round_seed]
+             + (["--families", args.families] if args.families else [])),
             (f"reward model{tag}", f"{rm_dir}/ckpt.pt",
              [py, "train_rm.py", "--train_data", ",".join(prefs), "--sft_ckpt", f"{out}/sft/ckpt.pt",
               "--out_dir", rm_dir, "--max_steps", str(args.rm_steps if r == 1 else args.rm_steps_next),
@@ -113,7 +103,7 @@ def main():
         ("evaluation", f"{out}/report.json",
          [py, "-m", "minirlhf.lab.evaluate", f"SFT={out}/sft/ckpt.pt", f"PPO={out}/ppo/ckpt.pt",
           "--rm", f"{out}/rm/ckpt.pt", "--ref", f"{out}/sft/ckpt.pt", "--prompts", f"{data}/prompts_eval.jsonl",
-          "--json", f"{out}/report.json", "--plot", ",".join(ppo_logs), # all rounds as one run
+          "--json", f"{out}/report.json", "--plot", ",".join(ppo_logs),  # all rounds as one run
           "--plot_out", f"{out}/gold_vs_kl.png"]))
     timings = {}
     t_start = time.time()

@@ -123,16 +123,24 @@ def format_table(columns, rows=ROWS):
     return "\n".join(lines)
 
 
+def rm_scorer(reward_model, tok, reward_mean=0.0, reward_std=1.0, batch_size=64):
+    """A reward-model checkpoint as a `score` function, [(prompt, response)] -> [reward] (for rm_accuracy and
+    rm_blind_spots)."""
+    device = next(reward_model.parameters()).device
+    fn = lambda ids, mask, _: reward_scores(reward_model, ids, mask, reward_mean, reward_std)  # noqa: E731
+
+    def score(pairs):
+        samples = [Sample(p, r, True, tok.encode(p), tok.encode(r) + [tok.eot_token]) for p, r in pairs]
+        return batched(fn, samples, tok.pad_token, batch_size, device).tolist()
+    return score
+
+
 def rm_accuracy(reward_model, tok, rows, reward_mean=0.0, reward_std=1.0, batch_size=64):
     """Fraction of preference rows whose chosen response the reward model scores higher (ties count half)."""
-    def samples(field):
-        return [Sample(r["prompt"], r[field], True, tok.encode(r["prompt"]), tok.encode(r[field]) + [tok.eot_token])
-                for r in rows]
-    device = next(reward_model.parameters()).device
-    score = lambda ids, mask, _: reward_scores(reward_model, ids, mask, reward_mean, reward_std)  # noqa: E731
-    chosen = batched(score, samples("chosen"), tok.pad_token, batch_size, device)
-    rejected = batched(score, samples("rejected"), tok.pad_token, batch_size, device)
-    return ((chosen > rejected).float() + 0.5 * (chosen == rejected).float()).mean().item()
+    score = rm_scorer(reward_model, tok, reward_mean, reward_std, batch_size)
+    chosen = score([(r["prompt"], r["chosen"]) for r in rows])
+    rejected = score([(r["prompt"], r["rejected"]) for r in rows])
+    return _mean([float(c > r) + 0.5 * float(c == r) for c, r in zip(chosen, rejected)])
 
 
 def rm_blind_spots(score, seed=0):
@@ -162,17 +170,6 @@ def rm_blind_spots(score, seed=0):
     top = [max(candidates, key=row.__getitem__) for row in rows]
     out["rm_probe/sum_top"] = _mean([float(n == int(t.truth)) for n, t in zip(top, sums)])
     return out
-
-
-def rm_scorer(reward_model, tok, reward_mean=0.0, reward_std=1.0, batch_size=64):
-    """A checkpoint as a `score` function for rm_blind_spots: [(prompt, response)] -> [reward]."""
-    device = next(reward_model.parameters()).device
-    fn = lambda ids, mask, _: reward_scores(reward_model, ids, mask, reward_mean, reward_std)  # noqa: E731
-
-    def score(pairs):
-        samples = [Sample(p, r, True, tok.encode(p), tok.encode(r) + [tok.eot_token]) for p, r in pairs]
-        return batched(fn, samples, tok.pad_token, batch_size, device).tolist()
-    return score
 
 
 def plot_runs(log_paths, out_path, kl_key="objective/kl", proxy_key="objective/rm_score", gold_key="lab/gold"):
