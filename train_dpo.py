@@ -49,7 +49,7 @@ from minirlhf.data import PREFERENCE_FIELDS, encode_example, read_jsonl, right_p
 from minirlhf.training import (
     Logger, adamw, all_reduce_sum, check_finite, finish_distributed, cosine_lr, load_resume, opt, parse_args,
     response_logprobs, restore_training_state, resume_path, save_training_checkpoint, seed_everything,
-    setup_runtime, step_generator)
+    set_cpu_threads, setup_runtime, step_generator)
 
 
 @dataclass
@@ -73,6 +73,7 @@ class Args:
     ckpt_interval: int = opt(100, "steps between checkpoints (one is always written at the end)")
     seed: int = opt(1337, "random seed")
     device: str = opt("auto", "'auto', 'cpu', 'cuda', 'cuda:1', ...")
+    threads: int = opt(0, "CPU threads for torch (0 = 1 for a tiny model, else the free cores; see set_cpu_threads)")
     dtype: str = opt("bfloat16", "autocast dtype on GPU ('bfloat16' or 'float32'); CPU always runs fp32")
     fused_logprobs: bool = opt(False, "log-probs by the fused linear kernel: no (2B, T, V) logits (less memory)")
     resume: bool = opt(False, "continue from out_dir/ckpt.pt (weights, optimizer, step, RNG)")
@@ -160,9 +161,10 @@ def main(args):
         order = torch.randperm(len(train), generator=torch.Generator().manual_seed(args.seed)).tolist()
         n_eval = int(len(train) * args.eval_fraction)
         evals, train = [train[i] for i in order[:n_eval]], [train[i] for i in order[n_eval:]]
+    threads = set_cpu_threads(model.num_params(), args.threads)
     if rt.master:
         print(f"{len(train)} training pairs ({n_cut} prompts cut from the left to fit {block_size} tokens), "
-              f"{len(evals)} held-out; model {model.num_params() / 1e6:.2f}M parameters on {rt.device}")
+              f"{len(evals)} held-out; model {model.num_params() / 1e6:.2f}M parameters on {rt.device} ({threads} CPU threads)")
     # The reference: the SFT model, frozen. Scored once here, then dropped (also when resuming: the policy in
     # out_dir has moved, the reference has not, so it is read from sft_ckpt again).
     t0 = time.time()

@@ -49,7 +49,7 @@ from minirlhf.model import ScalarGPT
 from minirlhf.training import (
     Logger, adamw, all_reduce_mean, all_reduce_sum, check_finite, finish_distributed, last_token_values,
     load_resume, opt, parse_args, response_logprobs, restore_training_state, resume_path,
-    save_training_checkpoint, seed_everything, setup_runtime, step_generator)
+    save_training_checkpoint, seed_everything, set_cpu_threads, setup_runtime, step_generator)
 
 
 @dataclass
@@ -86,6 +86,7 @@ class Args:
     log_samples: int = opt(2, "sample generations printed with each log line")
     seed: int = opt(1337, "random seed")
     device: str = opt("auto", "'auto', 'cpu', 'cuda', 'cuda:1', ...")
+    threads: int = opt(0, "CPU threads for torch (0 = 1 for a tiny model, else the free cores; see set_cpu_threads)")
     dtype: str = opt("bfloat16", "autocast dtype on GPU ('bfloat16' or 'float32'); CPU always runs fp32")
     fused_logprobs: bool = opt(False, "log-probs by the fused linear kernel, in rollout and update alike (less memory)")
     resume: bool = opt(False, "continue from out_dir/ckpt.pt (policy, value model, optimizers, iteration, RNG)")
@@ -191,9 +192,10 @@ def main(args):
     prompts = [ids for ids, _ in encoded]
     is_lab = all("family" in r for r in rows)
     eval_rows = read_jsonl(args.eval_prompts, PROMPT_FIELDS) if is_lab and args.eval_prompts else []
+    threads = set_cpu_threads(policy.num_params(), args.threads)
     if rt.master:
         print(f"{len(prompts)} prompts ({sum(c for _, c in encoded)} cut from the left to {args.max_prompt_len} "
-              f"tokens); policy {policy.num_params() / 1e6:.2f}M parameters on {rt.device}; world size {rt.world_size}")
+              f"tokens); policy {policy.num_params() / 1e6:.2f}M parameters on {rt.device} ({threads} CPU threads); world size {rt.world_size}")
     per_rank = args.batch_size // rt.world_size
     mb_size = per_rank // args.num_minibatches
     assert per_rank % args.num_minibatches == 0 and mb_size % min(args.micro_batch_size, mb_size) == 0, \
@@ -203,7 +205,7 @@ def main(args):
     while it < args.num_iters:
         # ---- 1. rollout
         t0 = time.time()
-        pick = torch.randint(len(prompts), (per_rank,), generator=step_generator(args.seed, it, rt.rank)).tolist()
+        pick = torch.randint(len(prompts), (per_rank,), generator=step_generator(args.seed, it, rt.rank, stream=1)).tolist()
         ids, prompt_mask = left_pad([prompts[i] for i in pick], tok.pad_token)
         tokens, mask = policy.generate(ids.to(rt.device), prompt_mask.to(rt.device), args.max_new_tokens,
                                        eos_token_id=tok.eot_token, pad_token_id=tok.pad_token,

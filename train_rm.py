@@ -34,7 +34,7 @@ from minirlhf.model import ScalarGPT
 from minirlhf.training import (
     Logger, adamw, all_reduce_sum, check_finite, finish_distributed, cosine_lr, last_token_values,
     load_resume, opt, parse_args, restore_training_state, resume_path, save_training_checkpoint,
-    seed_everything, setup_runtime, step_generator)
+    seed_everything, set_cpu_threads, setup_runtime, step_generator)
 
 
 @dataclass
@@ -61,6 +61,7 @@ class Args:
     max_new_tokens: int = opt(48, "response length limit for those samples")
     seed: int = opt(1337, "random seed")
     device: str = opt("auto", "'auto', 'cpu', 'cuda', 'cuda:1', ...")
+    threads: int = opt(0, "CPU threads for torch (0 = 1 for a tiny model, else the free cores; see set_cpu_threads)")
     dtype: str = opt("bfloat16", "autocast dtype on GPU ('bfloat16' or 'float32'); CPU always runs fp32")
     resume: bool = opt(False, "continue from out_dir/ckpt.pt (weights, optimizer, step, RNG)")
     wandb_project: str = opt("", "log to this wandb project ('' = off)")
@@ -138,9 +139,10 @@ def main(args):
         order = torch.randperm(len(train), generator=torch.Generator().manual_seed(args.seed)).tolist()
         n_eval = int(len(train) * args.eval_fraction)
         evals, train = [train[i] for i in order[:n_eval]], [train[i] for i in order[n_eval:]]
+    threads = set_cpu_threads(model.num_params(), args.threads)
     if rt.master:
         print(f"{len(train)} training pairs ({n_cut} prompts cut from the left to fit {block_size} tokens), "
-              f"{len(evals)} held-out; model {model.num_params() / 1e6:.2f}M parameters on {rt.device}")
+              f"{len(evals)} held-out; model {model.num_params() / 1e6:.2f}M parameters on {rt.device} ({threads} CPU threads)")
     optimizer = adamw(model, args.lr, args.weight_decay)
     step = 0
     if args.resume:

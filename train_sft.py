@@ -26,7 +26,7 @@ from minirlhf.data import SFT_FIELDS, encode_example, read_jsonl, right_pad
 from minirlhf.training import (
     Logger, adamw, all_reduce_sum, check_finite, finish_distributed, cosine_lr, init_policy, load_resume,
     opt, parse_args, response_logprobs, restore_training_state, resume_path, save_training_checkpoint,
-    seed_everything, setup_runtime, step_generator)
+    seed_everything, set_cpu_threads, setup_runtime, step_generator)
 
 
 @dataclass
@@ -50,6 +50,7 @@ class Args:
     ckpt_interval: int = opt(100, "steps between checkpoints (one is always written at the end)")
     seed: int = opt(1337, "random seed")
     device: str = opt("auto", "'auto', 'cpu', 'cuda', 'cuda:1', ...")
+    threads: int = opt(0, "CPU threads for torch (0 = 1 for a tiny model, else the free cores; see set_cpu_threads)")
     dtype: str = opt("bfloat16", "autocast dtype on GPU ('bfloat16' or 'float32'); CPU always runs fp32")
     fused_logprobs: bool = opt(False, "log-probs by the fused linear kernel: no (B, T, V) logits (less memory, slower)")
     resume: bool = opt(False, "continue from out_dir/ckpt.pt (weights, optimizer, step, RNG)")
@@ -94,9 +95,10 @@ def main(args):
     block_size = model.config.block_size
     train, n_cut = load_examples(args.train_data, tok, block_size)
     evals = load_examples(args.eval_data, tok, block_size)[0][: args.eval_examples] if args.eval_data else []
+    threads = set_cpu_threads(model.num_params(), args.threads)
     if rt.master:
         print(f"{len(train)} training examples ({n_cut} prompts cut from the left to fit {block_size} tokens), "
-              f"{len(evals)} held-out; model {model.num_params() / 1e6:.2f}M parameters on {rt.device}")
+              f"{len(evals)} held-out; model {model.num_params() / 1e6:.2f}M parameters on {rt.device} ({threads} CPU threads)")
     optimizer = adamw(model, args.lr, args.weight_decay)
     step = 0
     if args.resume:

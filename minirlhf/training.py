@@ -96,12 +96,38 @@ def seed_everything(seed):
     torch.manual_seed(seed)
 
 
-def step_generator(seed, step, rank=0, device="cpu"):
-    """A generator seeded from (seed, step, rank): what a step samples depends on nothing else, so a resumed run
-    draws exactly what an uninterrupted one would, and each DDP rank draws differently."""
+def step_generator(seed, step, rank=0, device="cpu", stream=0):
+    """A generator seeded from (seed, step, rank, stream): what a step samples depends on nothing else, so a
+    resumed run draws exactly what an uninterrupted one would, and each DDP rank draws differently. Two jobs of
+    one step (e.g. PPO's prompt picks and its sampler) take different `stream`s, so they never share numbers."""
     g = torch.Generator(device=device)
-    g.manual_seed(seed * 1_000_003 + step * 7919 + rank * 104_729)
+    g.manual_seed(seed * 1_000_003 + step * 7919 + rank * 104_729 + stream * 15_485_863)
     return g
+
+
+def set_cpu_threads(num_params, requested=0):
+    """Choose torch's CPU thread count from the work and the cores that are free; returns it.
+
+    A tiny model's matmuls are too small to split: a second thread gains almost nothing, and when another
+    process holds a core, threads that wait on each other stall (a lab quick start on 2 cores ran 2-3x slower
+    with 2 threads than with 1 beside a busy process). So models under SMALL_MODEL parameters use 1 thread;
+    bigger ones use the cores not already busy (1-minute load average). `requested` > 0 (the --threads flag)
+    or OMP_NUM_THREADS in the environment overrides the choice. On GPU the count only affects host work.
+    """
+    if requested > 0:
+        n = requested
+    elif os.environ.get("OMP_NUM_THREADS"):
+        return torch.get_num_threads()
+    elif num_params < SMALL_MODEL:
+        n = 1
+    else:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        n = max(1, min(cores, round(cores - os.getloadavg()[0])))
+    torch.set_num_threads(n)
+    return n
+
+
+SMALL_MODEL = 20_000_000  # parameters; the lab's models (1M) are far below, GPT-2 124M far above
 
 
 def cosine_lr(step, max_steps, lr, warmup):

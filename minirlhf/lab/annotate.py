@@ -238,6 +238,8 @@ def main(argv=None):
     lab.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
 
+    from minirlhf.training import set_cpu_threads
+    set_cpu_threads(0)  # the lab's models are tiny (see set_cpu_threads)
     if args.command == "sample":
         if args.k < 2:
             parser.error("--k must be at least 2: a pair needs two responses")

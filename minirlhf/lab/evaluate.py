@@ -256,6 +256,8 @@ def main(argv=None):
     if args.pairs and not args.rm:
         parser.error("--pairs measures a reward model: give it with --rm")
     from minirlhf.checkpoint import load_model
+    from minirlhf.training import set_cpu_threads
+    set_cpu_threads(0)  # the lab's models are tiny (see set_cpu_threads)
 
     if args.ckpts:
         prompts = ([r["prompt"] for r in read_jsonl(args.prompts, PROMPT_FIELDS)] if args.prompts
