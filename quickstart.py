@@ -9,8 +9,9 @@
 Each stage is one of the project's own commands, printed before it runs, so this file is also the recipe:
 copy a line to rerun or change one stage. Outputs land in out_dir (default out/quickstart):
 data/ (JSONL), sft/, rm/, ppo/ (ckpt.pt + log.jsonl each; the last round's), round1/ (the first round's rm/
-and ppo/), report.json, gold_vs_kl.png. A stage whose checkpoint already exists is skipped, so an
-interrupted quick start continues where it stopped (delete out_dir to start over).
+and ppo/), report.json, gold_vs_kl.png. A stage counts as done only once its command finished
+(minirlhf/stages.py), so a stopped quick start, rerun with the same flags, skips the finished stages and
+resumes the unfinished one from its last checkpoint (delete out_dir to start over).
 
 Two rounds of iterated RLHF, not one: the first round's PPO policy finds responses its reward model
 overrates (on this lab, mostly wrong sums), and labelling the policy's own samples puts such responses
@@ -20,9 +21,10 @@ in front of the annotators. The README shows one round against two.
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
+
+from minirlhf.stages import Stage, run_stages
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 
@@ -53,13 +55,14 @@ def main():
     out = args.out_dir
     data = os.path.join(out, "data")
     py = sys.executable
-    stages = [  # (name, the file whose existence means "done", command)
-        ("lab data", f"{data}/sft.jsonl",
+    stages = [
+        Stage("lab data",
          [py, "-m", "minirlhf.lab.make_data", "--out_dir", data, "--seed", str(args.seed), "--n_eval_prompts", "100"]),
-        ("SFT", f"{out}/sft/ckpt.pt",
+        Stage("SFT",
          [py, "train_sft.py", "--train_data", f"{data}/sft.jsonl", "--eval_data", f"{data}/sft_eval.jsonl",
           "--out_dir", f"{out}/sft", "--init_from", f"scratch:{args.model}", "--max_steps", str(args.sft_steps),
-          "--lr", str(args.sft_lr), "--log_interval", "100", "--eval_interval", "500", "--ckpt_interval", "500", "--seed", str(args.seed)]),
+          "--lr", str(args.sft_lr), "--log_interval", "100", "--eval_interval", "500", "--ckpt_interval", "500", "--seed", str(args.seed)],
+         resume_dir=f"{out}/sft"),
     ]
     # Iterated RLHF (the "iterated online RLHF" of Bai et al. 2022; Llama 2's rounds): each round trains a reward
     # model on every pair labelled so far and runs PPO against it; the next round labels samples of *that* PPO
@@ -75,46 +78,38 @@ def main():
         samples, new_prefs = f"{data}/samples{suffix}.jsonl", f"{data}/prefs{suffix}.jsonl"
         prefs.append(new_prefs)
         stages += [
-            (f"sample pairs{tag}", samples,
+            Stage(f"sample pairs{tag}",
              [py, "-m", "minirlhf.lab.annotate", "sample", "--ckpt", prev_ppo or f"{out}/sft/ckpt.pt",
               "--prompts", f"{data}/prompts_train.jsonl", "--out", samples, "--k", str(args.samples_per_prompt),
               "--n_prompts", str(args.label_prompts), "--temperature", "1.0", "--seed", round_seed]),
-            (f"label pairs{tag}", new_prefs,
+            Stage(f"label pairs{tag}",
              [py, "-m", "minirlhf.lab.annotate", "label", "--samples", samples, "--out", new_prefs,
               "--labeller", "sim", "--temperature", str(args.temperature), "--flip_rate", str(args.flip_rate),
               "--bias", str(args.bias), "--seed", round_seed]
              + (["--families", args.families] if args.families else [])),
-            (f"reward model{tag}", f"{rm_dir}/ckpt.pt",
+            Stage(f"reward model{tag}",
              [py, "train_rm.py", "--train_data", ",".join(prefs), "--sft_ckpt", f"{out}/sft/ckpt.pt",
               "--out_dir", rm_dir, "--max_steps", str(args.rm_steps if r == 1 else args.rm_steps_next),
               "--batch_size", "64", "--micro_batch_size", "64", "--log_interval", "50", "--eval_interval", "1000",
               "--ckpt_interval", "1000", "--seed", round_seed]
-             + (["--init_from", prev_rm] if prev_rm else [])),
-            (f"PPO{tag}", f"{ppo_dir}/ckpt.pt",
+             + (["--init_from", prev_rm] if prev_rm else []), resume_dir=rm_dir),
+            Stage(f"PPO{tag}",
              [py, "train_ppo.py", "--prompts", f"{data}/prompts_train.jsonl",
               "--eval_prompts", f"{data}/prompts_eval.jsonl", "--sft_ckpt", f"{out}/sft/ckpt.pt",
               "--rm_ckpt", f"{rm_dir}/ckpt.pt", "--out_dir", ppo_dir, "--num_iters", str(args.ppo_iters),
               "--kl_coef", str(args.kl_coef), "--eval_interval", str(args.ppo_iters), "--ckpt_interval", "10",
               "--log_samples", "1", "--seed", round_seed]
-             + (["--policy_ckpt", prev_ppo] if prev_ppo else []))]
+             + (["--policy_ckpt", prev_ppo] if prev_ppo else []), resume_dir=ppo_dir)]
         prev_rm, prev_ppo = f"{rm_dir}/ckpt.pt", f"{ppo_dir}/ckpt.pt"
         ppo_logs.append(f"{ppo_dir}/log.jsonl")
     stages.append(
-        ("evaluation", f"{out}/report.json",
+        Stage("evaluation",
          [py, "-m", "minirlhf.lab.evaluate", f"SFT={out}/sft/ckpt.pt", f"PPO={out}/ppo/ckpt.pt",
           "--rm", f"{out}/rm/ckpt.pt", "--ref", f"{out}/sft/ckpt.pt", "--prompts", f"{data}/prompts_eval.jsonl",
           "--json", f"{out}/report.json", "--plot", ",".join(ppo_logs),  # all rounds as one run
           "--plot_out", f"{out}/gold_vs_kl.png"]))
-    timings = {}
     t_start = time.time()
-    for name, done_file, cmd in stages:
-        print(f"\n=== {name}\n$ {' '.join(cmd)}", flush=True)
-        if os.path.exists(done_file):
-            print(f"(skipped: {done_file} exists)")
-            continue
-        t0 = time.time()
-        subprocess.run(cmd, cwd=ROOT, check=True)
-        timings[name] = round(time.time() - t0, 1)
+    timings = run_stages(stages, state_dir=out, cwd=ROOT)
     total = time.time() - t_start
     print("\n=== wall time per stage (s): " + ", ".join(f"{k} {v}" for k, v in timings.items())
           + f"; total {total:.0f} s")

@@ -49,4 +49,4 @@ def test_two_rounds_end_to_end_and_a_rerun_skips_every_stage(tmp_path):
     assert (out / "gold_vs_kl.png").stat().st_size > 1000
 
     again = quickstart(out)  # everything is there: nothing runs
-    assert again.count("(skipped: ") == len(STAGES)
+    assert again.count("(done earlier: skipped)") == len(STAGES)

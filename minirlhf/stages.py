@@ -1,0 +1,109 @@
+"""Pipelines of commands that survive being stopped: the quick start and the lab studies run through this.
+
+A stage is one of the project's own commands (printed before it runs, so a pipeline is also its recipe). It
+counts as done only once its command has *finished*: then, and only then, a marker file records the command
+line and how long it took. A stage's outputs existing proves nothing (training writes a checkpoint every few
+steps, labelling appends line by line), so a killed pipeline, rerun, goes back into the stage it was in:
+
+- a stage with `resume_dir` (a training script's out_dir) continues from the checkpoint there, if one was
+  written (`--resume true`), and otherwise starts again;
+- any other stage runs again from the start (they are short, and write their outputs atomically).
+
+A stage started or finished with another command (other flags, same output folder) is an error, not a
+silent rerun over the old outputs: nothing on disk is lost. Each command runs in its own process group: when
+the pipeline is stopped (Ctrl-C, SIGTERM), the running stage is stopped with it, not left behind.
+"""
+
+import json
+import os
+import shlex
+import signal
+import subprocess
+import time
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Stage:
+    name: str
+    cmd: list
+    resume_dir: str = ""  # a training script's out_dir: rerun with --resume true when it holds a checkpoint
+    meta: dict = field(default_factory=dict)  # free-form, e.g. the round number (not part of "done")
+
+
+def marker_path(state_dir, name):
+    slug = "".join(c if c.isalnum() else "_" for c in name.lower()).strip("_")
+    return os.path.join(state_dir, "stages", f"{slug}.json")
+
+
+class StageConflict(RuntimeError):
+    pass
+
+
+def stage_state(stage, state_dir):
+    """'new', 'started' (begun, never finished) or 'done'; raises StageConflict if that was another command."""
+    path = marker_path(state_dir, stage.name)
+    if not os.path.exists(path):
+        return "new"
+    with open(path, encoding="utf-8") as f:
+        marker = json.load(f)
+    if marker.get("cmd") != stage.cmd:
+        raise StageConflict(
+            f"stage {stage.name!r} was {marker.get('state', 'done')} in {state_dir} with another command:\n"
+            f"  then: {shlex.join(marker.get('cmd', []))}\n  now:  {shlex.join(stage.cmd)}\n"
+            f"Use another --out_dir, or delete {state_dir} to start over.")
+    return marker.get("state", "done")
+
+
+def _write_marker(stage, state_dir, state, seconds=None):
+    path = marker_path(state_dir, stage.name)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump({"name": stage.name, "cmd": stage.cmd, "state": state, "seconds": seconds}, f)
+    os.replace(tmp, path)
+
+
+def run_command(cmd, cwd=None):
+    """Run cmd in its own process group; if we are interrupted, stop the whole group before re-raising."""
+    proc = subprocess.Popen(cmd, cwd=cwd, start_new_session=True)
+    previous = signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    try:
+        code = proc.wait()
+    except BaseException:
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=10)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        raise
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    if code != 0:
+        raise subprocess.CalledProcessError(code, cmd)
+
+
+def run_stages(stages, state_dir, cwd=None):
+    """Run the stages in order, skipping those already done; returns {name: seconds} for the ones run now."""
+    timings = {}
+    for stage in stages:
+        cmd = list(stage.cmd)
+        print(f"\n=== {stage.name}\n$ {shlex.join(cmd)}", flush=True)
+        state = stage_state(stage, state_dir)
+        if state == "done":
+            print("(done earlier: skipped)", flush=True)
+            continue
+        if state == "started" and stage.resume_dir and os.path.exists(os.path.join(stage.resume_dir, "ckpt.pt")):
+            cmd += ["--resume", "true"]
+            print(f"(unfinished: resuming from {stage.resume_dir}/ckpt.pt)", flush=True)
+        elif state == "started":
+            print("(unfinished: running again from the start)", flush=True)
+        _write_marker(stage, state_dir, "started")
+        t0 = time.time()
+        run_command(cmd, cwd)
+        timings[stage.name] = round(time.time() - t0, 1)
+        _write_marker(stage, state_dir, "done", timings[stage.name])
+    return timings
