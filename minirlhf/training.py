@@ -68,9 +68,15 @@ class Runtime:
     master: bool  # rank 0 writes checkpoints and logs
 
     def autocast(self, dtype):
-        """bf16 autocast on GPU when asked for; fp32 everywhere else (CPU bf16 is slow and not what we test)."""
+        """bf16 autocast on GPU when asked for; fp32 everywhere else (CPU bf16 is slow and not what we test).
+
+        MINIRLHF_CPU_AUTOCAST=1 in the environment turns bf16 autocast on for CPU too: a test uses it so that
+        dtype mismatches a GPU run would meet show up on a CPU first (tests/test_bf16_autocast_cpu.py).
+        """
         if dtype == "bfloat16" and self.device.startswith("cuda"):
             return torch.autocast("cuda", dtype=torch.bfloat16)
+        if dtype == "bfloat16" and os.environ.get("MINIRLHF_CPU_AUTOCAST") == "1" and self.device == "cpu":
+            return torch.autocast("cpu", dtype=torch.bfloat16)
         return nullcontext()
 
 
