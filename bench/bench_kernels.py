@@ -280,6 +280,7 @@ def main(argv=None):
     p.add_argument("--V", help="comma-separated vocabulary sizes, replacing the default list")
     p.add_argument("--H", help="comma-separated hidden sizes, replacing the default list")
     p.add_argument("--tag", default="", help="suffix of the results file names, for runs split in parts")
+    p.add_argument("--providers", default="", help="comma-separated providers to run ('' = all), e.g. torch.compile")
     args = p.parse_args(argv)
 
     if args.smoke:
@@ -317,6 +318,8 @@ def main(argv=None):
                     expected = None
                 del args_
                 for name, fn in providers(kernel, peers, compile_ok).items():
+                    if args.providers and name not in args.providers.split(","):
+                        continue
                     r = run_case(kernel, name, fn, N, V, H, dtype, device, args.smoke, floors, expected)
                     rows.append(r)
                     status = r.get("error") or (f"fwd+bwd {r['fwd+bwd'][0]:.3f} ms, "
