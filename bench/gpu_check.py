@@ -34,16 +34,18 @@ and why), a copy in $OUT when that variable names a folder (with every section's
 short table printed last.
 
 The peers (TRL 1.12.0 and what the H200 image lacks for it, Liger-Kernel, Cut Cross-Entropy) travel as wheels in
-.whl/ (ignored by git), about 2.7 MB. Download them once, on any x86-64 machine with pip and PyPI:
-    echo /.whl/ >> .git/info/exclude
+.whl/ (ignored by git; 2.8 MB: trl 993 kB, liger-kernel 910 kB, datasets 608 kB, multiprocess 150 kB, dill 120 kB,
+cut-cross-entropy 23 kB). Download them once, on any machine with pip and PyPI (all are pure Python):
     python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \\
-        --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl \\
-        trl==1.12.0 datasets==5.2.0 dill==0.4.1 multiprocess==0.70.19 liger-kernel==0.8.5 cut-cross-entropy==25.1.1
+        --platform manylinux_2_17_x86_64 -d .whl trl==1.12.0 datasets==5.2.0 dill==0.4.1 multiprocess==0.70.19 \\
+        liger-kernel==0.8.5 cut-cross-entropy==25.1.1
 (accelerate, transformers, pyarrow, pandas, xxhash, huggingface-hub are in the H200 image.) The device `run`, with
-carry [".whl"] and timeout_s 590:
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site
-    .whl/*.whl && export PYTHONPATH=/tmp/site || exit; export PYTHONUNBUFFERED=1; set -o pipefail;
-    python3 bench/gpu_check.py 2>&1 | tee $OUT/gpu_check.log
+carry [".whl"] and timeout_s 590 (without the wheels it runs on and skips the peers):
+    (ls .whl/*.whl >/dev/null 2>&1 && python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir
+    --upgrade --target /tmp/site .whl/*.whl) && export PYTHONPATH=/tmp/site; export PYTHONUNBUFFERED=1;
+    set -o pipefail; python3 bench/gpu_check.py 2>&1 | tee $OUT/gpu_check.log
+The results come back in $OUT (gpu_<GPU>.json, gpu_check_logs.txt, gpu_check.log): copy the json into
+bench/results/ and commit it. With time left, rerun a part: --sections kernels_compile,walk:hh_gpt2_24gb --tag b.
 """
 import argparse
 import datetime
@@ -79,7 +81,6 @@ KNOWN_GPUS = {"H200": (4300, 788, "one H200 of this workplace, 2026-10-28 (KINDS
               "H100": (3000, 800, "KERNELS.md, an H100 SXM; datasheet 3350 GB/s, 989")}
 # DPO has no flags file in runs/: the SFT file's settings, with pairs (two sequences each) for examples
 DPO_FROM_SFT = "batch_size 64 pairs; micro_batch_size half the SFT file's; the SFT file's fused_logprobs and dtype"
-TARGETS = "issue 17 item 4"
 
 
 # ============================================================================= the parent: sections in order
@@ -108,7 +109,6 @@ def main(argv=None):
     results = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                "command": " ".join([os.path.relpath(__file__, ROOT)] + (argv if argv is not None else sys.argv[1:])),
                "smoke": args.smoke, "budget_s": args.budget, "sections": {}, "skipped": {}}
-    path = None
     for name in names:
         budget = SECTIONS[name][1 if args.smoke else 0]
         left = args.budget - (time.time() - t_start)
@@ -121,7 +121,7 @@ def main(argv=None):
             continue
         results["sections"][name] = run_section(name, min(budget, left), work, args.smoke,
                                                 args.inprocess and args.smoke)
-        path = write_results(results, args)
+        write_results(results, args)  # after every section: a run cut short keeps what it measured
     results["targets"] = targets(results)
     results["wall_s"] = round(time.time() - t_start, 1)
     path = write_results(results, args)
@@ -133,7 +133,7 @@ def main(argv=None):
         shutil.copy(logs, os.environ["OUT"])
     print(summary(results))
     print(f"wrote {path}" + (f" and a copy in $OUT" if os.path.isdir(os.environ.get("OUT", "")) else ""))
-    shutil.rmtree(work, ignore_errors=True) if not args.smoke else None
+    shutil.rmtree(work, ignore_errors=True)
     return results, path
 
 
@@ -480,6 +480,9 @@ def part_walk(name, d, out, smoke, device):
             r["estimate_GB"], r["estimate_text"] = flags_file_estimate(files[stage])
         if r.get("peak_allocated_GB") and r["estimate_GB"]:
             r["measured_over_estimate"] = round(r["peak_allocated_GB"] / r["estimate_GB"], 2)
+        if r.get("peak_reserved_GB"):  # the card the file is for: 24 or 80 GiB, less ~1 GB of CUDA context
+            card = int(re.search(r"_(\d+)gb", config).group(1)) * 2**30 / 1e9
+            r["fits_card"] = f"{r['peak_reserved_GB'] + 1:.1f} of {card:.1f} GB: {'yes' if r['peak_reserved_GB'] + 1 <= card else 'NO'}"
         result["stages"][stage] = r
         print(stage, r, flush=True)
         save(out, result)
