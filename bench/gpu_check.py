@@ -421,7 +421,7 @@ def run_stage(stage, argv, log_path, device):
         r["peak_reserved_GB"] = round(torch.cuda.max_memory_reserved() / 1e9, 2)
     log = [json.loads(line) for line in open(log_path)] if os.path.exists(log_path) else []
     stamps = [row["time/elapsed"] for row in log]
-    steps = [b - a for a, b in zip(stamps, stamps[1:])]  # whole steps after the first (which compiles kernels)
+    steps = [round(b - a, 3) for a, b in zip(stamps, stamps[1:])]  # whole steps after the first (compiles kernels)
     r.update(steps_logged=len(log), first_step_s=stamps[0] if stamps else None,
              s_per_step=round(statistics.median(steps), 3) if steps else None)
     if stage == "ppo" and log:
@@ -519,9 +519,9 @@ def part_ppo_vs_trl(name, d, out, smoke, device):
     train_ppo.main(parse_args(train_ppo.Args, argv))
     log = [json.loads(line) for line in open(f"{d}/ppo/log.jsonl")]
     stamps = [row["time/elapsed"] for row in log]
-    per_iter = [b - a for a, b in zip(stamps, stamps[1:])]
+    per_iter = [round(b - a, 3) for a, b in zip(stamps, stamps[1:])]  # iterations after the first (warm-up)
     result["minirlhf"] = dict(s_per_iter=statistics.median(per_iter), s_per_iter_all=per_iter,
-                              gen_s_per_iter=statistics.median(row["time/generate"] for row in log[1:]),
+                              gen_s_per_iter=round(statistics.median(row["time/generate"] for row in log[1:]), 3),
                               response_len=statistics.median(row["rollout/response_len"] for row in log),
                               wall_s=round(time.time() - t0, 1))
     save(out, result)
