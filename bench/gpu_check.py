@@ -89,7 +89,7 @@ DPO_FROM_SFT = "batch_size 64 pairs; micro_batch_size half the SFT file's; the S
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--smoke", action="store_true", help="CPU, tiny shapes: checks the script, measures nothing")
-    p.add_argument("--budget", type=float, default=465, help="seconds for all sections together (8 minutes with start-up)")
+    p.add_argument("--budget", type=float, default=465, help="seconds for all sections together (8 min in all)")
     p.add_argument("--sections", default="", help="comma-separated subset of: " + ", ".join(SECTIONS))
     p.add_argument("--out", default=os.path.join(ROOT, "bench", "results"), help="results folder")
     p.add_argument("--tag", default="", help="suffix of the results file name")
@@ -167,7 +167,8 @@ def run_section(name, timeout, work, smoke, inprocess=False):
     result = read_json(os.path.join(d, "result.json")) or {}
     if name.startswith("kernels") and "rows" not in result:  # bench_kernels writes after every shape
         found = glob.glob(os.path.join(d, "kernels_*.json"))
-        result = {"rows": read_json(found[0])["results"], "environment": read_json(found[0])["environment"]} if found else {}
+        saved = read_json(found[0]) if found else None
+        result = {"rows": saved["results"], "environment": saved["environment"]} if saved else {}
     result.update(status=status, seconds=round(time.time() - t0, 1))
     if status != "ok":
         result["log_tail"] = open(os.path.join(d, "log.txt"), errors="replace").read()[-1500:]
@@ -447,9 +448,11 @@ def part_walk(name, d, out, smoke, device):
     cfg = GPTConfig.preset(preset)
     sft_file = parse_args(train_sft.Args, ["@" + files["sft"]])
     steps = "2" if smoke else "3"
-    tiny = {"sft": ["--batch_size", "4", "--micro_batch_size", "2"], "rm": ["--batch_size", "4", "--micro_batch_size", "2", "--max_new_tokens", "8"],
+    tiny = {"sft": ["--batch_size", "4", "--micro_batch_size", "2"],
+            "rm": ["--batch_size", "4", "--micro_batch_size", "2", "--max_new_tokens", "8"],
             "ppo": ["--batch_size", "4", "--num_minibatches", "1", "--micro_batch_size", "2", "--ppo_epochs", "1",
-                    "--max_prompt_len", "24", "--max_new_tokens", "8"], "dpo": []} if smoke else {s: [] for s in "sft rm ppo dpo".split()}
+                    "--max_prompt_len", "24", "--max_new_tokens", "8"],
+            "dpo": []} if smoke else {s: [] for s in ("sft", "rm", "ppo", "dpo")}
     dpo_micro = max(1, sft_file.micro_batch_size // 2)
     stage_argv = {
         "sft": ["@" + files["sft"], "--init_from", f"scratch:{preset}", "--tokenizer", tok_path, "--block_size",
@@ -474,7 +477,8 @@ def part_walk(name, d, out, smoke, device):
             r["flags"] = DPO_FROM_SFT
             r["estimate_GB"] = round(dpo_estimate_gb(n_params, cfg.n_layer, cfg.n_embd, dpo_micro,
                                                      sft_file.fused_logprobs, vocab), 1)
-            r["estimate_text"] = "restated from runs/hh_rlhf.sh: 16 B/param + 2 x micro x 1024 x (40 n_embd n_layer B + logits)"
+            r["estimate_text"] = ("restated from runs/hh_rlhf.sh: 16 B/param + 2 x micro x 1024 x "
+                                  "(40 n_embd n_layer B + logits)")
         else:
             r["flags"] = os.path.relpath(files[stage], ROOT)
             r["estimate_GB"], r["estimate_text"] = flags_file_estimate(files[stage])
@@ -482,7 +486,8 @@ def part_walk(name, d, out, smoke, device):
             r["measured_over_estimate"] = round(r["peak_allocated_GB"] / r["estimate_GB"], 2)
         if r.get("peak_reserved_GB"):  # the card the file is for: 24 or 80 GiB, less ~1 GB of CUDA context
             card = int(re.search(r"_(\d+)gb", config).group(1)) * 2**30 / 1e9
-            r["fits_card"] = f"{r['peak_reserved_GB'] + 1:.1f} of {card:.1f} GB: {'yes' if r['peak_reserved_GB'] + 1 <= card else 'NO'}"
+            need = r["peak_reserved_GB"] + 1
+            r["fits_card"] = f"{need:.1f} of {card:.1f} GB: {'yes' if need <= card else 'NO'}"
         result["stages"][stage] = r
         print(stage, r, flush=True)
         save(out, result)
@@ -577,7 +582,8 @@ def targets(results):
     for H in (768, 4096):
         f = frac("linear_logprobs", H)
         judge(f"linear_logprobs fwd+bwd >= 70 % of the matmul floor, H {H}", f, f and f >= 0.7, "fraction of 6NHV floor")
-        ours, eager = kernel_row(results, "linear_logprobs", "minirlhf", H), kernel_row(results, "linear_logprobs", "torch", H)
+        ours = kernel_row(results, "linear_logprobs", "minirlhf", H)
+        eager = kernel_row(results, "linear_logprobs", "torch", H)
         ratio = ours and eager and eager["peak_mb"] and ours["peak_mb"] / eager["peak_mb"]
         judge(f"linear_logprobs peak memory <= 2 % of eager, H {H}", ratio, ratio is not None and ratio <= 0.02,
               "our peak over eager's")
