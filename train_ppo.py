@@ -47,7 +47,7 @@ from minirlhf.checkpoint import load_model
 from minirlhf.data import PROMPT_FIELDS, encode_prompt, left_pad, read_jsonl
 from minirlhf.model import ScalarGPT
 from minirlhf.training import (
-    Logger, adamw, all_reduce_mean, all_reduce_sum, check_finite, finish_distributed, last_token_values,
+    Logger, adamw, all_reduce_mean, all_reduce_sum, check_finite, finish_distributed, last_token_scores,
     load_resume, opt, parse_args, response_logprobs, restore_training_state, resume_path,
     save_training_checkpoint, seed_everything, set_cpu_threads, setup_runtime, step_generator)
 
@@ -133,7 +133,7 @@ def rollout_scores(policy, ref_policy, value_model, reward_model, tokens, mask, 
         out[0].append(response_logprobs(policy, t, m, P, args.temperature, fused=args.fused_logprobs))
         out[1].append(response_logprobs(ref_policy, t, m, P, args.temperature, fused=args.fused_logprobs))
         out[2].append(value_model(t, m, start=P - 1)[:, :-1])  # V(s_t): the state just before response token t
-        out[3].append(last_token_values(reward_model(t, m, start=P - 1), m[:, P - 1:]))  # the last token is a response's
+        out[3].append(last_token_scores(reward_model, t, m, start=P - 1))  # the last real token is a response's
     logprobs, ref_logprobs, values, raw_scores = (torch.cat(x) for x in out)
     valid = mask[:, P:].float()
     return logprobs * valid, ref_logprobs * valid, values * valid, raw_scores

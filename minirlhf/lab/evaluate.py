@@ -35,10 +35,13 @@ import os
 import random
 import statistics
 
+import torch
+
 from minirlhf.data import PREFERENCE_FIELDS, PROMPT_FIELDS, read_jsonl
 from minirlhf.lab.gold import gold
-from minirlhf.lab.sampling import Sample, batched, reward_scores, sample_responses, sequence_logprobs
+from minirlhf.lab.sampling import Sample, batched, reward_scores, sample_responses
 from minirlhf.lab.world import FAMILIES, answer, eval_tasks, family_pool, flawed_content, ideal_response, parse_prompt
+from minirlhf.training import sequence_logprobs
 
 ROWS = [  # (metric key, label in the table)
     ("gold", "gold score"),
@@ -81,8 +84,9 @@ def evaluate_policy(model, tok, prompts, *, reward_model=None, reward_mean=0.0, 
     if ref_model is not None:
         ref_model.eval()
         t = temperature if temperature > 0 else 1.0  # greedy samples: the KL estimate is only indicative
-        kl = batched(lambda ids, mask, rmask: sequence_logprobs(model, ids, mask, rmask, t)
-                     - sequence_logprobs(ref_model, ids, mask, rmask, t), samples, tok.pad_token, batch_size, device)
+        with torch.no_grad():
+            kl = batched(lambda ids, mask, rmask: sequence_logprobs(model, ids, mask, rmask, t)
+                         - sequence_logprobs(ref_model, ids, mask, rmask, t), samples, tok.pad_token, batch_size, device)
         metrics["kl"] = kl.mean().item()
     model.train(was_training)
     return (metrics, judged) if return_samples else metrics
