@@ -15,7 +15,7 @@ and the Bradley-Terry loss of train_rm.py, written with that reward, trains the 
     loss = -log sigmoid(beta * ((log pi(y_c) - log pi_ref(y_c)) - (log pi(y_r) - log pi_ref(y_r))))
 
 log pi(y|x) is the sum over the response tokens (end-of-text included) of log p(token | prefix), from the one
-log-prob function, minirlhf.training.response_logprobs, summed by training.sequence_logprobs (kernels.logprobs; kernels.linear_logprobs with
+log-prob function, minirlhf.training.response_logprobs (kernels.logprobs; kernels.linear_logprobs with
 --fused_logprobs true, which never builds the logits). The reference is the SFT model, frozen: its log-probs
 never change, so they are computed once, before the first step, for every pair, and the reference model is then
 dropped. IPO (Azar et al. 2023) replaces the log-sigmoid by a squared loss that pulls the log-ratio margin to a
@@ -105,7 +105,7 @@ def dpo_loss(model, ids, mask, response_mask, ref_logprobs, args):
 
     ref_logprobs: (B, 2) reference log-probs of (chosen, rejected), computed once before training.
     """
-    chosen, rejected = sequence_logprobs(model, ids, mask, response_mask, fused=args.fused_logprobs).chunk(2)  # (B,), (B,)
+    chosen, rejected = sequence_logprobs(model, ids, mask, response_mask, fused=args.fused_logprobs).chunk(2)  # (B,) each
     logratios_chosen, logratios_rejected = chosen - ref_logprobs[:, 0], rejected - ref_logprobs[:, 1]
     losses = preference_loss(logratios_chosen, logratios_rejected, args.beta, args.loss)
     with torch.no_grad():
