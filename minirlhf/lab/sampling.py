@@ -26,8 +26,10 @@ class Sample:
 
 
 @torch.no_grad()
-def sample_responses(model, tok, prompts, *, max_new_tokens=32, temperature=1.0, batch_size=64, seed=0):
-    """One sampled response per prompt (repeat a prompt in `prompts` to get several). temperature 0 = greedy.
+def sample_responses(model, tok, prompts, *, max_new_tokens=32, temperature=1.0, batch_size=64, seed=0, top_k=None,
+                     top_p=None):
+    """One sampled response per prompt (repeat a prompt in `prompts` to get several). temperature 0 = greedy;
+    top_k / top_p truncate the distribution (sample.py's options; PPO and the lab's pipeline never use them).
 
     Prompts are left-padded into batches so that every row's next token goes in the same column; a torch
     Generator seeded with `seed` makes the samples reproducible for the same prompts in the same order.
@@ -42,7 +44,7 @@ def sample_responses(model, tok, prompts, *, max_new_tokens=32, temperature=1.0,
         device = model.lm_head.weight.device
         tokens, out_mask = model.generate(idx.to(device), mask.to(device), max_new_tokens,
                                           eos_token_id=tok.eot_token, pad_token_id=tok.pad_token,
-                                          temperature=temperature, generator=generator)
+                                          temperature=temperature, top_k=top_k, top_p=top_p, generator=generator)
         T = idx.size(1)
         for b, prompt in enumerate(batch):
             response = tokens[b, T:][out_mask[b, T:]].tolist()  # up to and including the first eot
