@@ -51,7 +51,6 @@ import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 import kernels
-
 from minirlhf.checkpoint import load_model
 from minirlhf.data import PROMPT_FIELDS, encode_prompt, left_pad, read_jsonl
 from minirlhf.model import ScalarGPT
