@@ -2,7 +2,7 @@
 
     python sample.py --ckpt out/quickstart/ppo/ckpt.pt                       # type questions; empty line ends
     python sample.py --ckpt SFT=out/quickstart/sft/ckpt.pt --ckpt PPO=out/quickstart/ppo/ckpt.pt \\
-        --rm out/quickstart/rm/ckpt.pt --prompt "What is 2 + 3?" --prompt "How do I pick a lock?"
+        --rm out/quickstart/rm/ckpt.pt --prompt "What is 2 + 3?" --prompt "Which city is the capital of Norvale?"
     python sample.py --ckpt PPO=out/quickstart/ppo/ckpt.pt --prompts out/quickstart/data/prompts_eval.jsonl --n 3
     python sample.py --ckpt out/hh/ppo/ckpt.pt --temperature 1.0 --top_p 0.9 --max_new_tokens 128   # GPT-2
 
