@@ -83,7 +83,8 @@ def main():
     policy, tok, _ = load_model(args.policy, expect="gpt")
     ref, _, _ = load_model(args.ref, expect="gpt")
     prompts = [r["prompt"] for r in read_jsonl(args.prompts, PROMPT_FIELDS)]
-    prompts = [random.Random(args.seed).choice(prompts) for _ in range(args.n)]
+    rng = random.Random(args.seed)
+    prompts = [rng.choice(prompts) for _ in range(args.n)]
     out = {"per_response": per_response(policy, ref, tok, prompts, args.temperature, args.max_new_tokens, args.seed)}
     if args.log:
         out["per_iteration"] = per_iteration(args.log)
