@@ -32,12 +32,13 @@ from minirlhf.lab.sampling import pack, sample_responses  # noqa: E402
 
 
 def compare(xs, ys):
-    """Mean of each, mean |x - y|, Pearson correlation (None if either is constant)."""
+    """Mean and spread of each, mean |x - y|, Pearson correlation (None if either is constant)."""
     try:
         corr = statistics.correlation(xs, ys)
     except statistics.StatisticsError:
         corr = None
     return {"mean_estimate": statistics.fmean(xs), "mean_exact": statistics.fmean(ys),
+            "std_estimate": statistics.pstdev(xs), "std_exact": statistics.pstdev(ys),
             "mean_abs_diff": statistics.fmean(abs(x - y) for x, y in zip(xs, ys)), "correlation": corr, "n": len(xs)}
 
 
