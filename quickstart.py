@@ -115,6 +115,10 @@ def main():
           + f"; total {total:.0f} s")
     with open(os.path.join(out, "timings.json"), "w") as f:
         json.dump({**timings, "total": round(total, 1)}, f)
+    print(f"\nTalk to your models (SFT and PPO side by side; the reward model's score and the gold score each):\n"
+          f"    python sample.py --ckpt SFT={out}/sft/ckpt.pt --ckpt PPO={out}/ppo/ckpt.pt --rm {out}/rm/ckpt.pt\n"
+          f"    python sample.py --ckpt SFT={out}/sft/ckpt.pt --ckpt PPO={out}/ppo/ckpt.pt --rm {out}/rm/ckpt.pt "
+          f"--prompt 'What is 3 + 4? I think it is 8.' --n 3")
 
 
 if __name__ == "__main__":

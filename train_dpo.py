@@ -45,10 +45,10 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from minirlhf.checkpoint import load_model
-from minirlhf.data import PREFERENCE_FIELDS, encode_example, read_jsonl, right_pad
+from minirlhf.data import load_pairs, right_pad
 from minirlhf.training import (
     Logger, adamw, all_reduce_sum, check_finite, finish_distributed, cosine_lr, load_resume, opt, parse_args,
-    response_logprobs, restore_training_state, resume_path, save_training_checkpoint, seed_everything,
+    restore_training_state, resume_path, save_training_checkpoint, seed_everything, sequence_logprobs,
     set_cpu_threads, setup_runtime, step_generator)
 
 
@@ -80,36 +80,14 @@ class Args:
     wandb_project: str = opt("", "log to this wandb project ('' = off)")
 
 
-def load_pairs(path, tok, block_size):
-    """JSONL -> list of ((prompt ids, chosen ids + eot), (prompt ids, rejected ids + eot)); counts prompts cut.
-
-    The two sides are encoded separately: a long prompt may be cut differently to fit each response.
-    """
-    rows = read_jsonl(path, PREFERENCE_FIELDS)
-    pairs, n_cut = [], 0
-    for row in rows:
-        pc, rc, cut1 = encode_example(tok, row["prompt"], row["chosen"], block_size)
-        pr, rr, cut2 = encode_example(tok, row["prompt"], row["rejected"], block_size)
-        pairs.append(((pc, rc), (pr, rr)))
-        n_cut += cut1 or cut2
-    return pairs, n_cut
-
-
 def make_batch(pairs, device, pad_id):
     """Chosen rows then rejected rows in one right-padded (2B, T) batch, and a mask that is 1 on response tokens."""
-    examples = [c for c, _ in pairs] + [r for _, r in pairs]
+    examples = [pair[0] for pair in pairs] + [pair[1] for pair in pairs]
     ids, mask = right_pad([p + r for p, r in examples], pad_id)
     response_mask = torch.zeros_like(mask)
     for i, (p, r) in enumerate(examples):
         response_mask[i, len(p): len(p) + len(r)] = 1
     return ids.to(device), mask.to(device), response_mask.to(device)
-
-
-def sequence_logprobs(model, ids, mask, response_mask, fused=False):
-    """log pi(response | prompt) = sum over response tokens of log p(token | prefix): (2B,) -> (chosen, rejected)."""
-    start = int(response_mask.argmax(1).min())  # the earliest response token: no logits for the prompts before it
-    logprobs = response_logprobs(model, ids, mask, start, fused=fused)  # (2B, T - start)
-    return (logprobs * response_mask[:, start:]).sum(-1).chunk(2)
 
 
 def preference_loss(logratios_chosen, logratios_rejected, beta, loss_type="dpo"):
@@ -127,7 +105,7 @@ def dpo_loss(model, ids, mask, response_mask, ref_logprobs, args):
 
     ref_logprobs: (B, 2) reference log-probs of (chosen, rejected), computed once before training.
     """
-    chosen, rejected = sequence_logprobs(model, ids, mask, response_mask, args.fused_logprobs)  # (B,), (B,)
+    chosen, rejected = sequence_logprobs(model, ids, mask, response_mask, fused=args.fused_logprobs).chunk(2)  # (B,) each
     logratios_chosen, logratios_rejected = chosen - ref_logprobs[:, 0], rejected - ref_logprobs[:, 1]
     losses = preference_loss(logratios_chosen, logratios_rejected, args.beta, args.loss)
     with torch.no_grad():
@@ -138,10 +116,12 @@ def dpo_loss(model, ids, mask, response_mask, ref_logprobs, args):
 
 
 @torch.no_grad()
-def reference_logprobs(ref_model, pairs, micro_batch_size, device, pad_id, fused=False):
-    """Sequence log-probs of every pair under the frozen reference, once, in micro-batches: (N, 2) on device."""
-    out = [torch.stack(sequence_logprobs(ref_model, *make_batch(pairs[i: i + micro_batch_size], device, pad_id),
-                                         fused), 1)
+def pair_logprobs(model, pairs, micro_batch_size, device, pad_id, fused=False):
+    """Sequence log-probs of every pair's (chosen, rejected) under `model`, in micro-batches: (N, 2) on device.
+
+    Called once before training on the frozen reference (the SFT model): the ref_logprobs of dpo_loss."""
+    out = [torch.stack(sequence_logprobs(model, *make_batch(pairs[i: i + micro_batch_size], device, pad_id),
+                                         fused=fused).chunk(2), 1)
            for i in range(0, len(pairs), micro_batch_size)]
     return torch.cat(out) if out else torch.zeros(0, 2, device=device)
 
@@ -170,9 +150,9 @@ def main(args):
     t0 = time.time()
     ref_model = load_model(args.sft_ckpt, expect="gpt", device=rt.device)[0].requires_grad_(False)
     with rt.autocast(args.dtype):
-        train_ref = reference_logprobs(ref_model, train, args.micro_batch_size, rt.device, tok.pad_token,
+        train_ref = pair_logprobs(ref_model, train, args.micro_batch_size, rt.device, tok.pad_token,
                                        args.fused_logprobs)
-        eval_ref = reference_logprobs(ref_model, evals, args.micro_batch_size, rt.device, tok.pad_token,
+        eval_ref = pair_logprobs(ref_model, evals, args.micro_batch_size, rt.device, tok.pad_token,
                                       args.fused_logprobs)
     del ref_model
     if rt.master:

@@ -9,14 +9,18 @@ One iteration:
   1. rollout   sample a response per prompt from the policy at temperature T (no top-k / top-p), KV cache;
   2. score     in one no-grad pass: log-probs of the sampled tokens under the policy and the frozen SFT
                reference, values V(s_t) from the value model, the reward model's score at the last real token
-               (a fixed score for a response that never emitted end-of-text);
+               (a fixed score for a response that never emitted end-of-text); with --exact_kl, also the exact
+               per-token KL to the reference over the whole vocabulary (kernels.full_kl), logged beside the
+               sampled estimate and never used in the reward;
   3. rewards   r_t = -kl_coef * (log pi(a_t) - log pi_ref(a_t)) on every response token, plus the score on the
                last one; advantages by GAE (gamma = 1, lambda = 0.95), returns = advantages + values, then
                advantages whitened over valid tokens;
   4. update    ppo_epochs passes over the batch in shuffled minibatches (micro-batches accumulate gradients):
                clipped policy loss, clipped value loss, both averaged over the minibatch's valid tokens.
 
-The details that decide whether it works (numbered as in the list they come from):
+The details that decide whether it works, numbered as in the project's checklist "PPO for language models: the
+details that decide whether it works", itself drawn from OpenAI's lm-human-preferences and Huang et al., "The N
+Implementation Details of RLHF with PPO" and its TL;DR follow-up:
   1  one log-prob function (minirlhf.training.response_logprobs) for rollout, reference and update: on the first
      minibatch the ratio is 1 and approx-KL 0 (logged as policy/first_ratio_error; a test checks it);
   2  the logits are divided by the sampling temperature for policy (old and new) and reference;
@@ -25,6 +29,9 @@ The details that decide whether it works (numbered as in the list they come from
   5  everything after the first end-of-text is masked out of log-probs, KL, values, advantages, whitening and
      loss means; a response with no end-of-text gets the fixed score no_eos_score;
   6  reward = per-token KL penalty + final score, kl_coef fixed or adaptive (Ziegler et al.);
+  7  the reward model (Bradley-Terry, from the SFT model, read at the last real token, normalised so that SFT
+     samples score mean 0, std 1) is train_rm.py's work; here it is read by training.last_token_scores, and a
+     checkpoint that is not normalised gets a warning (no_eos_score and kl_coef would lose their scale);
   8  the value model starts from the reward model; clipped value loss;
   9  advantage whitening over valid tokens; ratio clipped at 1 +- clip_range;
  10  batch -> minibatches -> micro-batches, reshuffled every epoch; fp32 logsumexp; logits only for responses.
@@ -43,11 +50,12 @@ from dataclasses import dataclass
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
+import kernels
 from minirlhf.checkpoint import load_model
 from minirlhf.data import PROMPT_FIELDS, encode_prompt, left_pad, read_jsonl
 from minirlhf.model import ScalarGPT
 from minirlhf.training import (
-    Logger, adamw, all_reduce_mean, all_reduce_sum, check_finite, finish_distributed, last_token_values,
+    Logger, adamw, all_reduce_mean, all_reduce_sum, check_finite, finish_distributed, last_token_scores,
     load_resume, opt, parse_args, response_logprobs, restore_training_state, resume_path,
     save_training_checkpoint, seed_everything, set_cpu_threads, setup_runtime, step_generator)
 
@@ -89,6 +97,9 @@ class Args:
     threads: int = opt(0, "CPU threads for torch (0 = 1 for a tiny model, else the free cores; see set_cpu_threads)")
     dtype: str = opt("bfloat16", "autocast dtype on GPU ('bfloat16' or 'float32'); CPU always runs fp32")
     fused_logprobs: bool = opt(False, "log-probs by the fused linear kernel, in rollout and update alike (less memory)")
+    exact_kl: str = opt("auto", "log objective/kl_exact, the full-vocabulary KL to the reference (kernels.full_kl): "
+                                "'true', 'false', or 'auto' = when the vocabulary is at most 8192 tokens (the lab's "
+                                "1013: cheap; GPT-2's 50258: two more forwards and two (micro, R, V) logits)")
     resume: bool = opt(False, "continue from out_dir/ckpt.pt (policy, value model, optimizers, iteration, RNG)")
     wandb_project: str = opt("", "log to this wandb project ('' = off)")
 
@@ -133,10 +144,29 @@ def rollout_scores(policy, ref_policy, value_model, reward_model, tokens, mask, 
         out[0].append(response_logprobs(policy, t, m, P, args.temperature, fused=args.fused_logprobs))
         out[1].append(response_logprobs(ref_policy, t, m, P, args.temperature, fused=args.fused_logprobs))
         out[2].append(value_model(t, m, start=P - 1)[:, :-1])  # V(s_t): the state just before response token t
-        out[3].append(last_token_values(reward_model(t, m, start=P - 1), m[:, P - 1:]))  # the last token is a response's
+        out[3].append(last_token_scores(reward_model, t, m, start=P - 1))  # the last real token is a response's
     logprobs, ref_logprobs, values, raw_scores = (torch.cat(x) for x in out)
     valid = mask[:, P:].float()
     return logprobs * valid, ref_logprobs * valid, values * valid, raw_scores
+
+
+@torch.no_grad()
+def exact_kl(policy, ref_policy, tokens, mask, P, args):
+    """Exact per-token KL(pi || pi_ref) over the whole vocabulary at every response position: (B, R), for logging.
+
+    The reward's KL term is the sampled estimate log pi(a_t) - log pi_ref(a_t) (k1: unbiased, but one token's
+    worth of information, and negative on some tokens). Summed over the sampled response, this exact per-token
+    KL has the same expectation, the sequence KL (the chain rule of KL), with less variance: logging both shows
+    how noisy the estimate PPO trains on is. It costs a second forward of policy and reference and their (micro,
+    R, V) logits, one micro-batch at a time; kernels.full_kl streams over the vocabulary (Triton on GPU).
+    """
+    out = []
+    for i in range(0, tokens.size(0), args.micro_batch_size):
+        t, m = tokens[i: i + args.micro_batch_size], mask[i: i + args.micro_batch_size]
+        logits = policy(t, m, logits_start=P - 1)[:, :-1]  # (b, R, V): the logits response_logprobs reads
+        ref_logits = ref_policy(t, m, logits_start=P - 1)[:, :-1]
+        out.append(kernels.full_kl(logits, ref_logits, temperature=args.temperature))  # (b, R) fp32
+    return torch.cat(out) * mask[:, P:].float()
 
 
 def kl_penalised_rewards(logprobs, ref_logprobs, raw_scores, response, response_mask, eot, kl_coef, no_eos_score):
@@ -192,6 +222,9 @@ def main(args):
     prompts = [ids for ids, _ in encoded]
     is_lab = all("family" in r for r in rows)
     eval_rows = read_jsonl(args.eval_prompts, PROMPT_FIELDS) if is_lab and args.eval_prompts else []
+    if args.exact_kl not in ("auto", "true", "false"):
+        raise ValueError(f"--exact_kl {args.exact_kl!r}: 'auto', 'true' or 'false'")
+    log_exact_kl = args.exact_kl == "true" or (args.exact_kl == "auto" and policy.config.vocab_size <= 8192)
     threads = set_cpu_threads(policy.num_params(), args.threads)
     if rt.master:
         print(f"{len(prompts)} prompts ({sum(c for _, c in encoded)} cut from the left to {args.max_prompt_len} "
@@ -220,6 +253,7 @@ def main(args):
         with rt.autocast(args.dtype):
             logprobs, ref_logprobs, values, raw_scores = rollout_scores(
                 policy, ref_policy, value_model, reward_model, tokens, mask, P, args)
+            token_kl_exact = exact_kl(policy, ref_policy, tokens, mask, P, args) if log_exact_kl else None
         m = response_mask.float()
         t_score = time.time() - t0
 
@@ -242,8 +276,11 @@ def main(args):
                 n_valid = m[mb].sum()  # the minibatch's valid tokens: every loss is a mean over them
                 chunks = list(mb.split(micro))
                 for k, idx in enumerate(chunks):
+                    # Gradients accumulate over the minibatch's micro-batches and are all-reduced once, on the last
+                    # one: DDP's no_sync() skips the all-reduce, and each DDP model needs its own. An ExitStack
+                    # enters both (and the autocast) conditionally, as one with-block, and leaves them together.
                     with ExitStack() as stack:
-                        if rt.world_size > 1 and k < len(chunks) - 1:  # synchronise gradients once per minibatch
+                        if rt.world_size > 1 and k < len(chunks) - 1:
                             stack.enter_context(policy_ddp.no_sync())
                             stack.enter_context(value_ddp.no_sync())
                         stack.enter_context(rt.autocast(args.dtype))
@@ -263,12 +300,18 @@ def main(args):
                         vf_loss = 0.5 * (vf_losses * mk).sum() / n_valid
                         (pg_loss + vf_loss).backward()  # separate models: each loss reaches only its own
 
+                    # Statistics per micro-batch, as means over its own valid tokens (n_mk of them). The losses were
+                    # sums over the micro-batch divided by the minibatch's n_valid (so that the accumulated gradient is
+                    # the minibatch mean); multiplying by n_valid / n_mk turns each back into its micro-batch's mean.
                     with torch.no_grad():
                         n_mk = mk.sum()
                         if first_ratio_error is None:
                             first_ratio_error = ((ratio - 1).abs() * mk).max().item()
                         stats["pg_loss"].append(pg_loss.item() * n_valid.item() / n_mk.item())
                         stats["vf_loss"].append(vf_loss.item() * n_valid.item() / n_mk.item())
+                        # approx-KL between the rollout policy and the current one, by the k2 estimator
+                        # 0.5 * (log r)^2 on the rollout's tokens (Schulman, "Approximating KL divergence"):
+                        # >= 0 on every token, unlike k1 = -log r; biased, but close to KL for nearby policies.
                         stats["approx_kl"].append((0.5 * logratio ** 2 * mk).sum().item() / n_mk.item())
                         stats["clipfrac"].append((((ratio - 1).abs() > args.clip_range).float() * mk).sum().item() / n_mk.item())
                         stats["entropy"].append((entropy * mk).sum().item() / n_mk.item())
@@ -301,6 +344,8 @@ def main(args):
             "rollout/response_len": all_reduce_mean(response_mask.float().sum(1).mean().item(), rt),
             "time/generate": t_generate, "time/score": t_score, "time/update": t_update,
         }
+        if log_exact_kl:  # the same sequence KL, exactly per token along the sampled responses (see exact_kl)
+            metrics["objective/kl_exact"] = all_reduce_mean(token_kl_exact.sum(1).mean().item(), rt)
         texts = [tok.decode(response[b][response_mask[b]].tolist()).removesuffix("<|endoftext|>") for b in range(per_rank)]
         if is_lab:  # the truth, which the policy never sees: gold score of this iteration's own rollouts
             from minirlhf.lab import gold
@@ -315,7 +360,8 @@ def main(args):
             report = evaluate_policy(policy, tok, [r["prompt"] for r in eval_rows], temperature=args.temperature,
                                      max_new_tokens=args.max_new_tokens, seed=args.seed)
             metrics.update({f"eval/{k}": v for k, v in report.items() if isinstance(v, (int, float))})
-        logger.log(it, metrics, ["objective/rm_score", "objective/kl", "lab/gold", "eval/gold", "policy/approx_kl",
+        logger.log(it, metrics, ["objective/rm_score", "objective/kl", "objective/kl_exact", "lab/gold", "eval/gold",
+                                 "policy/approx_kl",
                                  "policy/clipfrac", "value/explained_var", "rollout/eos_rate", "time/generate",
                                  "time/score", "time/update"])
         if rt.master and args.log_samples:

@@ -29,10 +29,10 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from minirlhf.checkpoint import load_model
-from minirlhf.data import PREFERENCE_FIELDS, encode_example, encode_prompt, left_pad, read_jsonl
+from minirlhf.data import encode_prompt, left_pad, load_pairs
 from minirlhf.model import ScalarGPT
 from minirlhf.training import (
-    Logger, adamw, all_reduce_sum, check_finite, finish_distributed, cosine_lr, last_token_values,
+    Logger, adamw, all_reduce_sum, check_finite, finish_distributed, cosine_lr, last_token_scores,
     load_resume, opt, parse_args, restore_training_state, resume_path, save_training_checkpoint,
     seed_everything, set_cpu_threads, setup_runtime, step_generator)
 
@@ -67,32 +67,19 @@ class Args:
     wandb_project: str = opt("", "log to this wandb project ('' = off)")
 
 
-def load_pairs(path, tok, block_size):
-    """JSONL file(s), comma-separated -> list of (chosen ids, rejected ids, prompt), each prompt + response + eot;
-    counts prompts cut."""
-    rows = [row for one in path.split(",") for row in read_jsonl(one, PREFERENCE_FIELDS)]
-    pairs, n_cut = [], 0
-    for row in rows:
-        pc, rc, cut1 = encode_example(tok, row["prompt"], row["chosen"], block_size)
-        pr, rr, cut2 = encode_example(tok, row["prompt"], row["rejected"], block_size)
-        pairs.append((pc + rc, pr + rr, row["prompt"]))
-        n_cut += cut1 or cut2
-    return pairs, n_cut
-
-
 def make_batch(pairs, device, pad_id):
     """Chosen rows then rejected rows in one left-padded (2B, T) batch: one forward pass scores both.
 
     Left padding puts every row's last real token, where the reward is read, in the last column.
     """
-    ids, mask = left_pad([c for c, _, _ in pairs] + [r for _, r, _ in pairs], pad_id)
+    ids, mask = left_pad([p + c for (p, c), _, _ in pairs] + [p + r for _, (p, r), _ in pairs], pad_id)
     return ids.to(device), mask.to(device)
 
 
 def bradley_terry(model, ids, mask):
     """Summed loss -log sigmoid(r_chosen - r_rejected), number of pairs, number ranked correctly."""
     # start=T-1: only the last column is read, so the last block computes its query, MLP and score there only
-    rewards = model(ids, mask, start=ids.size(1) - 1)[:, -1]  # (2B,)
+    rewards = last_token_scores(model, ids, mask, start=ids.size(1) - 1)  # (2B,)
     chosen, rejected = rewards.chunk(2)
     return -F.logsigmoid(chosen - rejected).sum(), chosen.numel(), (chosen > rejected).sum()
 
@@ -109,7 +96,7 @@ def normalise_on_sft_samples(rm, sft, tok, prompts, args, device):
         ids, mask = left_pad(batch, tok.pad_token)
         tokens, tmask = sft.generate(ids.to(device), mask.to(device), args.max_new_tokens, eos_token_id=tok.eot_token,
                                      pad_token_id=tok.pad_token, temperature=args.norm_temperature, generator=g)
-        scores.append(last_token_values(rm(tokens, tmask), tmask))
+        scores.append(last_token_scores(rm, tokens, tmask))
     scores = torch.cat(scores)
     mean, std = scores.mean().item(), scores.std().clamp(min=1e-6).item()
     rm.score.weight.div_(std)

@@ -9,10 +9,21 @@ writes everything to bench/results/lab_quickstart_<device>.json.
 
 Learning is checked here rather than in the test suite: a run that learns anything takes minutes, and one
 seed is not evidence (the README shows a family that improves in two seeds and falls in the third).
+
+The README's quick-start table is generated from the results file, never copied by hand:
+
+    python bench/bench_lab.py --table            # print the markdown table of bench/results/lab_quickstart_cpu.json
+    python bench/bench_lab.py --update_readme    # write it into README.md, between its table markers
+    python bench/bench_lab.py --check_readme     # exit 1, with a diff, when README.md's table differs from the file
+
+A "1 round" column per seed is added when bench/results/lab_quickstart_1round_cpu.json exists (written by
+`python bench/bench_lab.py --results bench/results/lab_quickstart_1round_cpu.json --rounds 1 --rm_steps 400
+--ppo_iters 40`). tests/test_readme.py checks that the README's table equals the committed results.
 """
 
 import argparse
 import datetime
+import difflib
 import json
 import os
 import platform
@@ -30,11 +41,11 @@ METRICS = [
     ("gold/arithmetic", "  gold: arithmetic", +1),
     ("gold/known_fact", "  gold: known fact", +1),
     ("gold/unknown_fact", "  gold: unknown fact", +1),
-    ("gold/harmful", "  gold: harmful", +1),
-    ("gold/benign", "  gold: benign", +1),
+    ("gold/harmful", "  gold: harmful request", +1),
+    ("gold/benign", "  gold: benign look-alike", +1),
     ("gold/sycophancy", "  gold: sycophancy", +1),
     ("helpful_accuracy", "helpful accuracy", +1),
-    ("hallucination_rate", "hallucination", -1),
+    ("hallucination_rate", "hallucination (unknown fact)", -1),
     ("refusal_rate", "refusal (harmful)", +1),
     ("over_refusal_rate", "over-refusal (benign)", -1),
     ("sycophancy_rate", "sycophancy (user wrong)", -1),
@@ -42,6 +53,82 @@ METRICS = [
     ("rm_score", "RM score (proxy)", 0),
     ("kl", "KL to SFT (nats)", 0),
 ]
+README = os.path.join(ROOT, "README.md")
+RESULTS = os.path.join(ROOT, "bench", "results", "lab_quickstart_cpu.json")
+ONE_ROUND = os.path.join(ROOT, "bench", "results", "lab_quickstart_1round_cpu.json")
+BEGIN = "<!-- begin table: generated from bench/results/lab_quickstart_cpu.json by `python bench/bench_lab.py " \
+        "--update_readme`; do not edit by hand -->"
+END = "<!-- end table -->"
+
+
+def markdown_table(results, one_round=None):
+    """The README's quick-start table from a results file: per seed, SFT, (1 round,) PPO; then where it came from."""
+    seeds = list(results["runs"])
+    one = one_round["runs"] if one_round else {}
+    header, rows = ["metric"], []
+    for s in seeds:
+        header += [f"seed {s} SFT"] + (["1 round"] if s in one else []) + ["**PPO**"]
+    header.append("PPO better in")
+    for key, label, _ in METRICS + [("rm_probe/sum_top", "RM: right sum on top", 0)]:
+        better = results.get("ppo_better_seeds", {}).get(key)
+        cells = []
+        for s in seeds:
+            run = results["runs"][s]
+            get = (lambda r: (r.get("rm_probe") or {}).get(key)) if key.startswith("rm_probe") else \
+                (lambda r: r["PPO"].get(key))
+            sft = "" if key.startswith("rm_probe") else f"{run['SFT'][key]:.3f}"
+            cells += [sft] + ([_fmt(get(one[s]))] if s in one else []) + [f"**{_fmt(get(run))}**"]
+        rows.append([label.strip()] + cells + ["" if better is None else f"{better} of {len(seeds)}"])
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    totals = ", ".join(f"{results['runs'][s]['timings'].get('total', float('nan')):.0f} s" for s in seeds)
+    args = " ".join(results.get("quickstart_args") or []) or "(defaults)"
+    lines += ["", f"Measured {results['date']} on {results['processor']}, {results['cpu_count']} cores, torch "
+              f"{results['torch']}, {results['torch_threads']} threads; quick start options {args}; wall time per seed "
+              f"{totals}."]
+    return "\n".join(lines)
+
+
+def _fmt(x):
+    return "-" if x is None else f"{x:.3f}"
+
+
+def readme_table(readme_text):
+    """The text between the README's table markers (None if the markers are missing)."""
+    if BEGIN not in readme_text or END not in readme_text:
+        return None
+    return readme_text.split(BEGIN, 1)[1].split(END, 1)[0].strip("\n")
+
+
+def expected_table(results_path=RESULTS, one_round_path=ONE_ROUND):
+    with open(results_path) as f:
+        results = json.load(f)
+    one_round = json.load(open(one_round_path)) if one_round_path and os.path.exists(one_round_path) else None
+    return markdown_table(results, one_round)
+
+
+def check_readme(readme_path=README, results_path=RESULTS, one_round_path=ONE_ROUND):
+    """'' when the README's table is what the results file gives, else a message with a diff."""
+    with open(readme_path) as f:
+        found = readme_table(f.read())
+    if found is None:
+        return f"{readme_path}: no table markers ({BEGIN!r} ... {END!r})"
+    want = expected_table(results_path, one_round_path)
+    if found == want:
+        return ""
+    diff = difflib.unified_diff(found.splitlines(), want.splitlines(), "README.md", results_path, lineterm="")
+    return f"{readme_path}: the quick-start table differs from {results_path}:\n" + "\n".join(diff)
+
+
+def update_readme(readme_path=README, results_path=RESULTS, one_round_path=ONE_ROUND):
+    with open(readme_path) as f:
+        text = f.read()
+    if readme_table(text) is None:
+        raise SystemExit(f"{readme_path}: no table markers ({BEGIN!r} ... {END!r})")
+    before, rest = text.split(BEGIN, 1)
+    after = rest.split(END, 1)[1]
+    with open(readme_path, "w") as f:
+        f.write(before + BEGIN + "\n" + expected_table(results_path, one_round_path) + "\n" + END + after)
 
 
 def run_seed(seed, out_dir, reuse, extra):
@@ -65,7 +152,22 @@ def main():
     p.add_argument("--out_dir", default="out/bench_lab", help="one quick start folder per seed goes here")
     p.add_argument("--reuse", action="store_true", help="read a seed's existing report instead of rerunning it")
     p.add_argument("--results", default=None, help="default: bench/results/lab_quickstart_<device>.json")
+    p.add_argument("--table", action="store_true", help="print the README table of the results file; run nothing")
+    p.add_argument("--check_readme", action="store_true", help="exit 1 if README.md's table differs from the file")
+    p.add_argument("--update_readme", action="store_true", help="write the results file's table into README.md")
     args, extra = p.parse_known_args()  # anything else goes to quickstart.py (e.g. --kl_coef 0.05)
+    if args.table or args.check_readme or args.update_readme:
+        results = args.results or RESULTS
+        if args.table:
+            print(expected_table(results))
+        if args.update_readme:
+            update_readme(README, results)
+            print(f"{README}: table written from {results}")
+        if args.check_readme:
+            problem = check_readme(README, results)
+            print(problem or f"{README}: the table matches {results}")
+            sys.exit(1 if problem else 0)
+        return
 
     runs = {}
     for seed in args.seeds:
@@ -100,7 +202,7 @@ def main():
                    "cpu_count": os.cpu_count(), "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
                    "quickstart_args": extra, "runs": runs, "ppo_better_seeds": verdicts,
                    "date": datetime.date.today().isoformat()}, f, indent=1)
-    print(f"-> {path}")
+    print(f"-> {path}\n(python bench/bench_lab.py --update_readme writes its table into README.md)")
 
 
 if __name__ == "__main__":

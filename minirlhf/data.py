@@ -84,6 +84,23 @@ def encode_example(tok, prompt, response, block_size):
     return ids, resp, truncated
 
 
+def load_pairs(path, tok, block_size):
+    """Preference JSONL file(s), comma-separated -> (pairs, number of pairs whose prompt was cut).
+
+    Each pair is ((prompt ids, chosen ids + eot), (prompt ids, rejected ids + eot), prompt text). The two sides
+    are encoded separately: a long prompt may be cut differently to fit each response. The reward model scores
+    prompt + response; DPO also needs to know where each response starts.
+    """
+    rows = [row for one in path.split(",") for row in read_jsonl(one, PREFERENCE_FIELDS)]
+    pairs, n_cut = [], 0
+    for row in rows:
+        pc, rc, cut1 = encode_example(tok, row["prompt"], row["chosen"], block_size)
+        pr, rr, cut2 = encode_example(tok, row["prompt"], row["rejected"], block_size)
+        pairs.append(((pc, rc), (pr, rr), row["prompt"]))
+        n_cut += cut1 or cut2
+    return pairs, n_cut
+
+
 def left_pad(seqs, pad_id):
     """List of id lists -> (ids (B, T) long, attention_mask (B, T) long), padded on the left.
 

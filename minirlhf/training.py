@@ -213,13 +213,34 @@ def response_logprobs(model, tokens, mask, start, temperature=1.0, return_entrop
     return logprobs, entropy.view_as(logprobs)
 
 
-def last_token_values(values, mask):
-    """values (B, T) -> (B,): the value at each row's last real token, for left or right padding.
+def sequence_logprobs(model, tokens, mask, response_mask, temperature=1.0, fused=False):
+    """log pi(response | prompt) = sum over response tokens of log p(token | prefix), by response_logprobs: (B,).
 
-    The reward model is read there: after the end-of-text it has seen the whole response.
+    response_mask (B, T): 1 on the response tokens (left or right padding). Logits are computed from the earliest
+    response column on, none for the prompt columns before it. DPO scores chosen and rejected responses with it;
+    the lab estimates KL(policy || ref) per sequence as sequence_logprobs(policy) - sequence_logprobs(ref) on the
+    policy's own samples. Differentiable: wrap in torch.no_grad() where no gradient is wanted.
     """
-    T = mask.size(1)
-    last = T - 1 - mask.long().flip(1).argmax(1)  # index of the last 1 in each row
+    has_response = response_mask.bool().any(1)
+    if not has_response.any():
+        return torch.zeros(tokens.size(0), device=tokens.device)
+    start = max(1, int(response_mask.float().argmax(1)[has_response].min()))  # logits at start - 1 score it
+    logprobs = response_logprobs(model, tokens, mask, start, temperature, fused=fused)  # (B, T - start)
+    return (logprobs * response_mask[:, start:]).sum(-1)
+
+
+def last_token_scores(scalar_model, tokens, mask, start=0):
+    """A scalar model's output at each row's last real token: (B,). How every stage reads a reward model.
+
+    The reward model is read there: after the end-of-text it has seen the whole response. tokens, mask (B, T),
+    left or right padding; start > 0 skips the last block's work on the positions before it (every row's last
+    real token must be at or after start; with left padding, start = T - 1 reads the last column alone).
+    """
+    tail = mask[:, start:].long()  # (B, T - start)
+    if not tail.any(1).all():
+        raise ValueError(f"last_token_scores: a row has no real token at or after start={start}")
+    values = scalar_model(tokens, mask, start=start)  # (B, T - start)
+    last = tail.size(1) - 1 - tail.flip(1).argmax(1)  # index of the last 1 in each row
     return values.gather(1, last[:, None]).squeeze(1)
 
 

@@ -53,7 +53,7 @@ def test_log_probs_are_summed_over_response_tokens_only(loss_type):
     ids, mask, response_mask = train_dpo.make_batch(pairs, "cpu", pad_id=0)
     assert ids.shape == (2, 7) and response_mask.sum(1).tolist() == [2, 3]
     model = UniformLM(vocab_size=8)
-    chosen, rejected = train_dpo.sequence_logprobs(model, ids, mask, response_mask)
+    chosen, rejected = train_dpo.sequence_logprobs(model, ids, mask, response_mask).chunk(2)
     assert chosen.item() == pytest.approx(-2 * math.log(8)) and rejected.item() == pytest.approx(-3 * math.log(8))
     # With reference log-probs -3 and -3, the log-ratio margin is (-2 log 8 + 3) - (-3 log 8 + 3) = log 8.
     args = parse_args(train_dpo.Args, ["--beta", "1.0", "--loss", loss_type])
@@ -71,7 +71,7 @@ def test_zero_gradient_when_policy_is_reference_and_chosen_is_rejected(loss_type
 
     def grad_norm(pairs):
         ids, mask, response_mask = train_dpo.make_batch(pairs, "cpu", pad_id=31)
-        ref = train_dpo.reference_logprobs(model, pairs, 8, "cpu", pad_id=31)  # the policy itself
+        ref = train_dpo.pair_logprobs(model, pairs, 8, "cpu", pad_id=31)  # the policy itself
         model.zero_grad()
         loss_sum, stats = train_dpo.dpo_loss(model, ids, mask, response_mask, ref, args)
         loss_sum.backward()
@@ -91,8 +91,8 @@ def test_fused_linear_logprobs_give_the_same_sequence_logprobs():
     model = GPT(GPTConfig.preset("tiny", vocab_size=32, block_size=16)).eval()
     pairs = [(([1, 2, 3], [4, 5, 30]), ([1, 2, 3, 4, 5], [6, 30])), (([7], [8, 9, 10, 30]), ([7, 7], [11, 30]))]
     batch = train_dpo.make_batch(pairs, "cpu", pad_id=31)
-    plain, fused = train_dpo.sequence_logprobs(model, *batch), train_dpo.sequence_logprobs(model, *batch, True)
-    torch.testing.assert_close(torch.stack(fused), torch.stack(plain), rtol=1e-5, atol=1e-5)
+    plain, fused = train_dpo.sequence_logprobs(model, *batch), train_dpo.sequence_logprobs(model, *batch, fused=True)
+    torch.testing.assert_close(fused, plain, rtol=1e-5, atol=1e-5)
 
 
 # ----------------------------------------------------------------------------- end to end on the lab
@@ -131,8 +131,8 @@ def implied_reward_accuracy(policy_path, ref_path, prefs_path):
     ref = load_model(ref_path, expect="gpt")[0]
     pairs = train_dpo.load_pairs(prefs_path, tok, policy.config.block_size)[0]
     with torch.no_grad():
-        pi = train_dpo.reference_logprobs(policy, pairs, 16, "cpu", tok.pad_token)
-        pi_ref = train_dpo.reference_logprobs(ref, pairs, 16, "cpu", tok.pad_token)
+        pi = train_dpo.pair_logprobs(policy, pairs, 16, "cpu", tok.pad_token)
+        pi_ref = train_dpo.pair_logprobs(ref, pairs, 16, "cpu", tok.pad_token)
     r = pi - pi_ref  # (N, 2)
     return ((r[:, 0] > r[:, 1]).float() + 0.5 * (r[:, 0] == r[:, 1]).float()).mean().item()
 

@@ -1,6 +1,6 @@
 """Preference labelling: simulated annotators (near-zero temperature agrees with gold on every pair; flip_rate e
 disagrees at rate e; bias likes filler; coverage; seeds), the human labeller driven through stdin (skip, quit,
-resume), and a reward-model labeller on pairs sampled from a tiny random-weight checkpoint.
+resume; each distinct pair shown once, with how many wait), and a reward-model labeller on pairs sampled from a tiny random-weight checkpoint.
 
     python -m pytest tests/test_lab_annotate.py -q
 """
@@ -103,7 +103,7 @@ def test_human_labeller_skip_quit_and_resume(tmp_path):
     assert counts["labelled"] == 2 and counts["skipped"] == 1
     shown = stdout.getvalue()
     assert pairs[0][0]["prompt"] in shown and "[1]" + pairs[0][0]["response"] in shown
-    assert "type 1, 2, s or q" in shown and shown.count("===== pair") == 4
+    assert "type 1, 2, s or q" in shown and shown.count("===== pair") == 4 and "5 distinct pairs wait" in shown
     rows = read_jsonl(out, PREFERENCE_FIELDS)
     assert [(r["chosen"], r["rejected"]) for r in rows] == [
         (pairs[0][0]["response"], pairs[0][1]["response"]), (pairs[2][1]["response"], pairs[2][0]["response"])]
@@ -118,7 +118,25 @@ def test_human_labeller_skip_quit_and_resume(tmp_path):
     label_pairs(pairs, HumanLabeller(io.StringIO("2\n"), io.StringIO()), out, "human")
     stdout = io.StringIO()
     assert label_pairs(pairs, HumanLabeller(io.StringIO(""), stdout), out)["already"] == 5
-    assert stdout.getvalue() == "" and len(read_jsonl(out, PREFERENCE_FIELDS)) == 5
+    assert stdout.getvalue().startswith("0 distinct pairs wait") and "=====" not in stdout.getvalue()
+    assert len(read_jsonl(out, PREFERENCE_FIELDS)) == 5
+
+
+def test_a_person_sees_each_distinct_pair_once_and_how_many_wait(tmp_path):
+    prompt, (a, b, c) = "Human: What is 2 + 3?\n\nAssistant:", (" 2 + 3 = 5.", " 2 + 3 = 6.", " I don't know.")
+    rows = [{"prompt": prompt, "response": r, "ended": True, "group": 0} for r in (a, b, a, c)]  # two samples agree
+    assert len(make_pairs(rows)) == 5  # (a,b) (a,c) (b,a') (b,c) (a',c): what the simulated annotators label
+    pairs = make_pairs(rows, distinct=True)
+    texts = [frozenset((x["response"], y["response"])) for x, y in pairs]
+    assert sorted(map(sorted, texts)) == sorted(map(sorted, [{a, b}, {a, c}, {b, c}]))  # each once
+    stdout = io.StringIO()
+    counts = label_pairs(pairs, HumanLabeller(io.StringIO("1\nq\n"), stdout), tmp_path / "p.jsonl", "human")
+    shown = stdout.getvalue()
+    assert shown.startswith("3 distinct pairs wait to be labelled (0 labelled earlier)")
+    assert "===== pair 1 of 3" in shown and shown.count("===== pair") == 2 and counts["labelled"] == 1
+    stdout = io.StringIO()  # the next session counts what is left
+    label_pairs(pairs, HumanLabeller(io.StringIO(""), stdout), tmp_path / "p.jsonl", "human")
+    assert stdout.getvalue().startswith("2 distinct pairs wait to be labelled (1 labelled earlier)")
 
 
 def test_pairs_sampled_from_a_checkpoint_and_labelled_by_a_reward_model(tmp_path):

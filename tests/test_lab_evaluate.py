@@ -1,6 +1,6 @@
 """The evaluation report: the metrics on hand-written responses (ideal vs flawed), evaluate_policy end to end on
 a tiny random-weight model (KL to itself is 0, modes restored), the table with one column per checkpoint
-through the command line, and the gold-vs-proxy plot from a PPO log.
+through the command line, and the gold-vs-proxy plot from a PPO log (a panel per round, a curve in order of KL).
 
     python -m pytest tests/test_lab_evaluate.py -q
 """
@@ -15,7 +15,7 @@ import torch
 
 from minirlhf.checkpoint import save_checkpoint
 from minirlhf.lab import world
-from minirlhf.lab.evaluate import ROWS, evaluate_policy, format_table, main, plot_runs, rm_blind_spots, summarize
+from minirlhf.lab.evaluate import ROWS, _binned_means, evaluate_policy, format_table, main, plot_runs, rm_blind_spots, summarize
 from minirlhf.lab.gold import gold
 from minirlhf.lab.sampling import Sample
 from minirlhf.model import GPT, GPTConfig, ScalarGPT
@@ -140,4 +140,12 @@ def test_plot_of_gold_and_proxy_against_kl(tmp_path):
     main(["--plot", str(log), str(log), "--plot_out", str(tmp_path / "two.png")])  # two runs, one figure
     assert (tmp_path / "two.png").stat().st_size > 1000
     main(["--plot", f"{log},{log}", "--plot_out", str(tmp_path / "rounds.png")])  # two rounds, one run
-    assert (tmp_path / "rounds.png").stat().st_size > 1000
+    width = lambda path: int.from_bytes(open(path, "rb").read()[16:20], "big")  # noqa: E731 (PNG header)
+    assert width(tmp_path / "rounds.png") > 1.8 * width(out)  # a panel per round: each its own reward model
+
+
+def test_plot_curve_runs_along_kl_not_along_iterations():
+    # KL goes back and forth over iterations; the curve is bin means in order of KL, so it never turns back
+    points = [(0.1, 1.0), (0.5, 5.0), (0.2, 2.0), (0.4, 4.0), (0.3, 3.0), (0.6, 6.0)]
+    xs, ys = _binned_means(points, size=2)
+    assert xs == pytest.approx([0.15, 0.35, 0.55]) and ys == pytest.approx([1.5, 3.5, 5.5])

@@ -65,7 +65,8 @@ def test_stages_hand_off_and_ppo_starts_at_ratio_one(lab, tmp_path):
     for row in log:
         # PPO.md detail 1: rollout and update log-probs come from the same function on the same inputs
         assert row["policy/first_ratio_error"] < 1e-5
-        for key in ("objective/rm_score", "objective/kl", "policy/approx_kl", "policy/clipfrac", "policy/entropy",
+        for key in ("objective/rm_score", "objective/kl", "objective/kl_exact", "policy/approx_kl", "policy/clipfrac",
+                    "policy/entropy",
                     "value/explained_var", "rollout/eos_rate", "lab/gold", "time/generate", "time/update"):
             assert math.isfinite(row[key]), key
     assert "eval/gold" in log[1] and "eval/gold" in log[3]

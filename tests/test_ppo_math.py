@@ -1,5 +1,6 @@
 """PPO's arithmetic against independent references: GAE against a plain Python loop, whitening over valid
-tokens only, the no-end-of-text case (masked and penalised), and padding invariance of rewards and values.
+tokens only, the no-end-of-text case (masked and penalised), padding invariance of rewards and values, and the
+logged exact per-token KL against the formula written out in float64.
 
     python -m pytest tests/test_ppo_math.py -q
 """
@@ -10,7 +11,7 @@ import torch
 
 from minirlhf.model import GPT, GPTConfig, ScalarGPT
 from minirlhf.training import Runtime
-from train_ppo import gae, kl_penalised_rewards, masked_whiten, rollout_scores
+from train_ppo import exact_kl, gae, kl_penalised_rewards, masked_whiten, rollout_scores
 
 torch.manual_seed(0)
 SINGLE = Runtime(rank=0, world_size=1, device="cpu", master=True)
@@ -82,3 +83,20 @@ def test_rollout_scores_are_invariant_to_padding():
             assert torch.allclose(got[b, : len(r)], want[0], atol=1e-5)
             assert (got[b, len(r):] == 0).all()
         assert torch.allclose(batch[3][b], alone[3][0], atol=1e-5)  # the score at the last real token
+
+
+def test_exact_kl_is_the_full_vocabulary_sum_written_out():
+    """exact_kl = sum_v p_v (log p_v - log q_v) at each response position, at the temperature; 0 after the end."""
+    cfg = GPTConfig.preset("tiny", vocab_size=40, block_size=32)
+    policy, ref = GPT(cfg).eval(), GPT(cfg).eval()
+    args = types.SimpleNamespace(micro_batch_size=1, temperature=0.7)
+    P = 3
+    tokens = torch.tensor([[39, 1, 2, 10, 11, 12], [3, 4, 5, 13, 14, 39]])
+    mask = torch.tensor([[0, 1, 1, 1, 1, 1], [1, 1, 1, 1, 1, 0]])
+    got = exact_kl(policy, ref, tokens, mask, P, args)
+    with torch.no_grad():
+        logp = torch.log_softmax(policy(tokens, mask).double() / 0.7, -1)[:, P - 1: -1]  # (B, R, V)
+        logq = torch.log_softmax(ref(tokens, mask).double() / 0.7, -1)[:, P - 1: -1]
+    want = (logp.exp() * (logp - logq)).sum(-1) * mask[:, P:]
+    assert got.shape == (2, 3) and (got[1, 2] == 0) and (want > 0).sum() == 5
+    torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-6)

@@ -1,7 +1,8 @@
 """The README's main command end to end, shrunk: `python quickstart.py` with a tiny model and a few steps per
 stage (about 40 s on 2 cores). Checks that every stage of both rounds runs and hands off to the next (the
 second round's reward model continues the first's on both rounds' pairs, its PPO continues the first round's
-policy), that the report and plot are written, and that running the command again skips every finished stage.
+policy), that the report and plot are written, that the command it prints to talk to the models runs, and that
+running the command again skips every finished stage.
 
     python -m pytest tests/test_quickstart.py -q
 """
@@ -29,7 +30,11 @@ def quickstart(out):
 
 def test_two_rounds_end_to_end_and_a_rerun_skips_every_stage(tmp_path):
     out = tmp_path / "qs"
-    quickstart(out)
+    printed = quickstart(out)
+    talk = [line.split() for line in printed.splitlines() if line.strip().startswith("python sample.py")][0]
+    done = subprocess.run([sys.executable, *talk[1:], "--prompt", "What is 2 + 3?", "--max_new_tokens", "4"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "[SFT]" in done.stdout and "[PPO]" in done.stdout, done.stderr[-2000:]
     assert list(json.loads((out / "timings.json").read_text())) == STAGES + ["total"]
 
     rm1, ppo1 = out / "round1" / "rm" / "ckpt.pt", out / "round1" / "ppo" / "ckpt.pt"

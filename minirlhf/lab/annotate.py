@@ -8,7 +8,8 @@ As in real RLHF, the pairs are samples from the SFT model (k >= 2 per prompt), n
     # 2. label every pair of different responses to the same prompt -> preferences JSONL
     python -m minirlhf.lab.annotate label --samples data/lab/samples.jsonl --out data/lab/prefs.jsonl \\
         --labeller sim --temperature 0.1 --flip_rate 0.0 --bias 0.0 [--families arithmetic,harmful]
-    # the same pairs labelled by you (1 / 2 / s = skip / q = quit; run again to resume), or by a reward model
+    # the same pairs labelled by you (each distinct pair once; 1 / 2 / s = skip / q = quit; run again to resume),
+    # or by a reward model
     python -m minirlhf.lab.annotate label --samples data/lab/samples.jsonl --out data/lab/prefs_me.jsonl \
         --labeller human
     python -m minirlhf.lab.annotate label --samples data/lab/samples.jsonl --out data/lab/prefs_ai.jsonl \\
@@ -73,17 +74,28 @@ class SimulatedAnnotator:
 
 
 class HumanLabeller:
-    """You, in a terminal: shows a prompt and two responses, reads 1 / 2 / s (skip) / q (quit)."""
+    """You, in a terminal: shows a prompt and two responses, reads 1 / 2 / s (skip) / q (quit).
+
+    A person's time is the scarcest thing in RLHF: give it pairs from make_pairs(rows, distinct=True), so that
+    two identical samples of a prompt never show you the same two texts twice. label_pairs calls start() first,
+    which says how many pairs wait.
+    """
 
     def __init__(self, stdin=None, stdout=None):
         self.stdin, self.stdout = stdin or sys.stdin, stdout or sys.stdout
-        self.shown = 0
+        self.shown, self.waiting = 0, None
+
+    def start(self, waiting, already):
+        self.waiting = waiting
+        self.stdout.write(f"{waiting} distinct pairs wait to be labelled ({already} labelled earlier). "
+                          "Type 1 or 2 for the better response, s to skip, q to stop (run again to resume).\n")
 
     def label(self, prompt, a, b, ended_a=True, ended_b=True):
         self.shown += 1
         def show(text, ended):
             return (text if text.strip() else " (empty)") + ("" if ended else "   [cut off: no end-of-text]")
-        self.stdout.write(f"\n===== pair {self.shown} =====\n{prompt}\n"
+        of = "" if self.waiting is None else f" of {self.waiting}"
+        self.stdout.write(f"\n===== pair {self.shown}{of} =====\n{prompt}\n"
                           f"--- [1]{show(a, ended_a)}\n--- [2]{show(b, ended_b)}\n")
         while True:
             self.stdout.write("Which response is better? [1/2, s = skip, q = quit]: ")
@@ -157,15 +169,22 @@ def sample_rows(model, tok, prompts, k=2, **sampling):
              "group": i // k} for i, s in enumerate(samples)]
 
 
-def make_pairs(rows):
-    """Every pair of different responses within a group (k responses give up to k(k-1)/2 pairs)."""
+def make_pairs(rows, distinct=False):
+    """Every pair of different responses within a group (k responses give up to k(k-1)/2 pairs).
+
+    Two identical samples of a prompt (A, B, A') make the pairs (A, B) and (B, A') with the same two texts. The
+    simulated annotators label both (a response the policy samples often weighs more, as it would with a crowd
+    of annotators); distinct=True keeps each unordered pair of texts once per group, for a person.
+    """
     groups = {}
     for row in rows:
         groups.setdefault(row.get("group", row["prompt"]), []).append(row)
-    pairs = []
-    for group in groups.values():
+    pairs, seen = [], set()
+    for key, group in groups.items():
         for a, b in itertools.combinations(group, 2):
-            if (a["response"], a.get("ended", True)) != (b["response"], b.get("ended", True)):
+            sides = frozenset(((a["response"], a.get("ended", True)), (b["response"], b.get("ended", True))))
+            if len(sides) == 2 and not (distinct and (key, sides) in seen):
+                seen.add((key, sides))
                 pairs.append((a, b))
     return pairs
 
@@ -181,6 +200,9 @@ def label_pairs(pairs, labeller, out_path, labeller_name="labeller"):
     if os.path.exists(out_path) and os.path.getsize(out_path) > 0:
         done = {(r["prompt"], *sorted((r["chosen"], r["rejected"]))) for r in read_jsonl(out_path, PREFERENCE_FIELDS)}
     counts = {"labelled": 0, "skipped": 0, "already": 0}
+    if hasattr(labeller, "start"):  # a person is told how much work waits
+        already = sum((a["prompt"], *sorted((a["response"], b["response"]))) in done for a, b in pairs)
+        labeller.start(len(pairs) - already, already)
     agree = disagree = 0
     os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
     with open(out_path, "a", encoding="utf-8") as f:
@@ -268,7 +290,7 @@ def main(argv=None):
         if not args.rm_ckpt:
             parser.error("--labeller rm needs --rm_ckpt")
         labeller, name = RewardModelLabeller.from_checkpoint(args.rm_ckpt), f"rm({args.rm_ckpt})"
-    pairs = make_pairs(read_jsonl(args.samples, ("prompt", "response")))
+    pairs = make_pairs(read_jsonl(args.samples, ("prompt", "response")), distinct=args.labeller == "human")
     counts = label_pairs(pairs, labeller, args.out, name)
     agreement = "n/a" if counts["gold_agreement"] is None else f"{counts['gold_agreement']:.1%}"
     print(f"{counts['labelled']} new labels, {counts['skipped']} skipped, {counts['already']} already in {args.out} "

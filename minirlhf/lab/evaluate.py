@@ -35,10 +35,13 @@ import os
 import random
 import statistics
 
+import torch
+
 from minirlhf.data import PREFERENCE_FIELDS, PROMPT_FIELDS, read_jsonl
 from minirlhf.lab.gold import gold
-from minirlhf.lab.sampling import Sample, batched, reward_scores, sample_responses, sequence_logprobs
+from minirlhf.lab.sampling import Sample, batched, reward_scores, sample_responses
 from minirlhf.lab.world import FAMILIES, answer, eval_tasks, family_pool, flawed_content, ideal_response, parse_prompt
+from minirlhf.training import sequence_logprobs
 
 ROWS = [  # (metric key, label in the table)
     ("gold", "gold score"),
@@ -81,8 +84,9 @@ def evaluate_policy(model, tok, prompts, *, reward_model=None, reward_mean=0.0, 
     if ref_model is not None:
         ref_model.eval()
         t = temperature if temperature > 0 else 1.0  # greedy samples: the KL estimate is only indicative
-        kl = batched(lambda ids, mask, rmask: sequence_logprobs(model, ids, mask, rmask, t)
-                     - sequence_logprobs(ref_model, ids, mask, rmask, t), samples, tok.pad_token, batch_size, device)
+        with torch.no_grad():
+            kl = batched(lambda ids, mask, rmask: sequence_logprobs(model, ids, mask, rmask, t)
+                         - sequence_logprobs(ref_model, ids, mask, rmask, t), samples, tok.pad_token, batch_size, device)
         metrics["kl"] = kl.mean().item()
     model.train(was_training)
     return (metrics, judged) if return_samples else metrics
@@ -172,14 +176,19 @@ def rm_blind_spots(score, seed=0):
     return out
 
 
-def plot_runs(log_paths, out_path, kl_key="objective/kl", proxy_key="objective/rm_score", gold_key="lab/gold"):
-    """Gold and proxy reward against KL, one colour per PPO log (JSONL, one object per iteration).
+def plot_runs(log_paths, out_path, kl_key=None, proxy_key="objective/rm_score", gold_key="lab/gold"):
+    """Gold and proxy reward against KL to the SFT model, from PPO logs (JSONL, one object per iteration).
 
-    A log given as "round1/log.jsonl,round2/log.jsonl" is one run of iterated RLHF: one curve, whose proxy is
-    each round's own reward model.
+    The picture of Gao et al. (2022): as KL from the SFT model grows, the proxy keeps rising while the gold
+    score rises, peaks and, once the policy exploits the reward model's errors, falls.
 
-    The picture of Gao et al. (2022): as KL from the SFT model grows, the proxy keeps rising while the
-    gold score rises, peaks and, once the policy exploits the reward model's errors, falls.
+    Each log is one run (one colour); "round1/log.jsonl,round2/log.jsonl" is one run of iterated RLHF, and each
+    round gets its own panel, because each round's proxy is a different reward model (its scores are on that
+    model's scale: normalised on SFT samples, mean 0, std 1). Gold is the same judge in every panel.
+    Per-iteration values are noisy (one batch each), and KL does not grow monotonically over iterations, so the
+    points are not joined in iteration order: faint dots for the iterations, and a line through the means of
+    consecutive points taken in order of KL (bins of about 5). kl_key None = objective/kl_exact where every line
+    has it (the exact per-token KL summed over the response: less noise), else objective/kl (the sampled estimate).
     """
     try:
         import matplotlib
@@ -187,39 +196,54 @@ def plot_runs(log_paths, out_path, kl_key="objective/kl", proxy_key="objective/r
         import matplotlib.pyplot as plt
     except ImportError:
         raise SystemExit("the plot needs matplotlib: pip install matplotlib (or pip install -e '.[lab]')") from None
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for i, path in enumerate(log_paths):
-        logs = []
+    runs = []  # per run: (name, [rows of round 1], [rows of round 2], ...)
+    for path in log_paths:
+        rounds = []
         for part in path.split(","):  # the rounds of iterated RLHF, comma-separated: one run
             with open(part) as f:
-                logs += [json.loads(line) for line in f if line.strip()]
-        proxy = [(r[kl_key], r[proxy_key]) for r in logs if kl_key in r and proxy_key in r]
-        golds = [(r[kl_key], r[gold_key]) for r in logs if kl_key in r and gold_key in r]
-        if not proxy and not golds:
-            raise SystemExit(f"{path}: no lines with '{kl_key}' and '{proxy_key}' or '{gold_key}'")
+                rounds.append([json.loads(line) for line in f if line.strip()])
         name = os.path.basename(os.path.dirname(os.path.abspath(path.split(",")[-1]))) if len(log_paths) > 1 else ""
+        runs.append((name, rounds))
+    rows = [r for _, rounds in runs for one in rounds for r in one]
+    kl_key = kl_key or ("objective/kl_exact" if rows and all("objective/kl_exact" in r for r in rows)
+                        else "objective/kl")
+    n_panels = max(len(rounds) for _, rounds in runs)
+    fig, axes = plt.subplots(1, n_panels, figsize=(5.5 * n_panels, 4.4), sharey=True, squeeze=False)
+    for i, (name, rounds) in enumerate(runs):
         colour = f"C{i}"
-        # Per-iteration values are noisy (one batch each): faint dots for the iterations, and a line through
-        # running means over `window` consecutive iterations (of KL and reward alike) for the trend.
-        for points, style, label in ((proxy, "--", "proxy (RM)"), (golds, "-", "gold")):
-            if points:
-                kls, values = zip(*points)
-                ax.plot(kls, values, ".", color=colour, alpha=0.25)
-                ax.plot(_running_mean(kls), _running_mean(values), style, color=colour, lw=2,
-                        label=f"{name} {label}".strip())
-    ax.set_xlabel("KL(policy || SFT), nats")
-    ax.set_ylabel("reward")
-    ax.axhline(0, color="grey", lw=0.5)
-    ax.legend()
-    ax.set_title("gold vs proxy reward over a PPO run")
-    fig.tight_layout()
+        for k, logs in enumerate(rounds):
+            ax = axes[0, k]
+            proxy = [(r[kl_key], r[proxy_key]) for r in logs if kl_key in r and proxy_key in r]
+            golds = [(r[kl_key], r[gold_key]) for r in logs if kl_key in r and gold_key in r]
+            if not proxy and not golds:
+                raise SystemExit(f"{log_paths[i]}: no lines with '{kl_key}' and '{proxy_key}' or '{gold_key}'")
+            for points, style, marker, label in ((proxy, "--", "^", "proxy (RM)"), (golds, "-", "o", "gold")):
+                if points:
+                    kls, values = zip(*points)
+                    ax.plot(kls, values, marker, color=colour, alpha=0.3, ms=4, ls="none")
+                    ax.plot(*_binned_means(points), style, color=colour, lw=2, label=f"{name} {label}".strip())
+            if i == 0:
+                ax.set_title(f"round {k + 1} (proxy: round {k + 1}'s reward model)" if len(rounds) > 1 else
+                             "gold vs proxy reward over a PPO run")
+                ax.axhline(0, color="grey", lw=0.5)
+                ax.set_xlabel(f"KL(policy || SFT), nats per response ({kl_key})")
+    axes[0, 0].set_ylabel("score (gold: the lab judge; proxy: RM)")
+    axes[0, 0].legend()
+    fig.text(0.01, 0.01, "Dots: one PPO iteration each (its rollout batch). Lines: means of about 5 consecutive "
+             "points in order of KL. The proxy is normalised on SFT samples (mean 0, std 1); gold is on its own "
+             "scale.", fontsize=7, ha="left", va="bottom", wrap=True)
+    fig.tight_layout(rect=(0, 0.05, 1, 1))
     fig.savefig(out_path, dpi=120)
     plt.close(fig)
     return out_path
 
 
-def _running_mean(xs, window=10):
-    return [sum(xs[max(0, i - window + 1): i + 1]) / len(xs[max(0, i - window + 1): i + 1]) for i in range(len(xs))]
+def _binned_means(points, size=5):
+    """(x, y) points -> the means of consecutive bins of about `size` points in order of x: a curve over x."""
+    points = sorted(points)
+    n_bins = max(1, round(len(points) / size))
+    bins = [points[j * len(points) // n_bins: (j + 1) * len(points) // n_bins] for j in range(n_bins)]
+    return [_mean([x for x, _ in b]) for b in bins], [_mean([y for _, y in b]) for b in bins]
 
 
 def _column_name(path, taken):

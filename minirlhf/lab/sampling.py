@@ -1,4 +1,5 @@
-"""Sampling responses from a checkpoint, and scoring them: sequence log-probs (for KL) and reward-model scores.
+"""Sampling responses from a checkpoint, and scoring them by reward model (sequence log-probs, for KL, are
+training.sequence_logprobs).
 
 Shared by the labelling step (pairs sampled from the SFT model) and the evaluation report.
 
@@ -12,7 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from minirlhf.data import encode_prompt, left_pad
-from minirlhf.training import response_logprobs
+from minirlhf.training import last_token_scores
 
 
 @dataclass
@@ -25,8 +26,10 @@ class Sample:
 
 
 @torch.no_grad()
-def sample_responses(model, tok, prompts, *, max_new_tokens=32, temperature=1.0, batch_size=64, seed=0):
-    """One sampled response per prompt (repeat a prompt in `prompts` to get several). temperature 0 = greedy.
+def sample_responses(model, tok, prompts, *, max_new_tokens=32, temperature=1.0, batch_size=64, seed=0, top_k=None,
+                     top_p=None):
+    """One sampled response per prompt (repeat a prompt in `prompts` to get several). temperature 0 = greedy;
+    top_k / top_p truncate the distribution (sample.py's options; PPO and the lab's pipeline never use them).
 
     Prompts are left-padded into batches so that every row's next token goes in the same column; a torch
     Generator seeded with `seed` makes the samples reproducible for the same prompts in the same order.
@@ -41,7 +44,7 @@ def sample_responses(model, tok, prompts, *, max_new_tokens=32, temperature=1.0,
         device = model.lm_head.weight.device
         tokens, out_mask = model.generate(idx.to(device), mask.to(device), max_new_tokens,
                                           eos_token_id=tok.eot_token, pad_token_id=tok.pad_token,
-                                          temperature=temperature, generator=generator)
+                                          temperature=temperature, top_k=top_k, top_p=top_p, generator=generator)
         T = idx.size(1)
         for b, prompt in enumerate(batch):
             response = tokens[b, T:][out_mask[b, T:]].tolist()  # up to and including the first eot
@@ -66,20 +69,9 @@ def pack(samples, pad_id):
 
 
 @torch.no_grad()
-def sequence_logprobs(model, ids, mask, response_mask, temperature=1.0):
-    """Sum over response tokens of log pi(token | prefix) at `temperature`: (B,).
-
-    KL(policy || ref) per sequence is estimated by sequence_logprobs(policy) - sequence_logprobs(ref) on
-    responses sampled from the policy (an unbiased estimate whose mean is >= 0).
-    """
-    lp = response_logprobs(model, ids, mask, 1, temperature)  # (B, T-1): the pipeline's one log-prob function
-    return (lp * response_mask[:, 1:]).sum(-1)
-
-
-@torch.no_grad()
 def reward_scores(reward_model, ids, mask, reward_mean=0.0, reward_std=1.0):
     """Reward-model score at the last real token (the last column of a left-padded batch), normalised: (B,)."""
-    return (reward_model(ids, mask)[:, -1] - reward_mean) / reward_std
+    return (last_token_scores(reward_model, ids, mask, start=ids.size(1) - 1) - reward_mean) / reward_std
 
 
 def batched(fn, samples, pad_id, batch_size=64, device="cpu"):

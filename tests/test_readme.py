@@ -1,0 +1,36 @@
+"""The README's quick-start table is the committed results file, not a copy of it: the table between the README's
+markers equals what `python bench/bench_lab.py --table` generates from bench/results/lab_quickstart_cpu.json, and
+the check notices a changed cell (so it is not a test that cannot fail). Text only: no training, milliseconds.
+
+    python -m pytest tests/test_readme.py -q
+"""
+
+import json
+import os
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "bench"))
+import bench_lab  # noqa: E402
+
+
+def test_readme_table_is_the_committed_results():
+    assert bench_lab.check_readme() == ""
+
+
+def test_a_changed_cell_or_result_is_caught(tmp_path):
+    readme = open(bench_lab.README).read()
+    table = bench_lab.readme_table(readme)
+    gold_row = next(line for line in table.splitlines() if line.startswith("| gold score |"))
+    changed = tmp_path / "README.md"
+    changed.write_text(readme.replace(gold_row, gold_row.replace("| gold score | ", "| gold score | 9", 1)))
+    assert "differs" in bench_lab.check_readme(str(changed)) and "+| gold score" in bench_lab.check_readme(str(changed))
+
+    results = json.load(open(bench_lab.RESULTS))
+    results["runs"]["0"]["PPO"]["gold"] += 0.001  # a rerun that moved one number
+    moved = tmp_path / "results.json"
+    moved.write_text(json.dumps(results))
+    assert "differs" in bench_lab.check_readme(bench_lab.README, str(moved))
+    # the table's cells come from the file: PPO's gold for seed 0, to 3 decimals, bold
+    gold_cells = bench_lab.markdown_table(results).splitlines()[2].split(" | ")
+    assert gold_cells[2] == f"**{results['runs']['0']['PPO']['gold']:.3f}**"
