@@ -64,7 +64,7 @@ class Args:
     batch_size: int = opt(32, "pairs per optimizer step, over all ranks and micro-batches", ge=1)
     micro_batch_size: int = opt(32, "pairs per forward/backward (gradient accumulation makes up the rest)", ge=1)
     max_steps: int = opt(200, "optimizer steps", ge=1)
-    lr: float = opt(3e-5, "peak learning rate (AdamW); too high pushes both log-probs down, far from the reference", gt=0)
+    lr: float = opt(3e-5, "peak learning rate (AdamW); too high pushes both log-probs down, far from the reference", ge=0)
     warmup_steps: int = opt(10, "linear warm-up steps", ge=0)
     weight_decay: float = opt(0.0, "AdamW weight decay on matrices (0: the pull toward the reference is beta's job)", ge=0)
     grad_clip: float = opt(1.0, "clip the gradient norm to this (0 = off)", ge=0)

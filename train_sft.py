@@ -40,7 +40,7 @@ class Args:
     batch_size: int = opt(32, "examples per optimizer step, over all ranks and micro-batches", ge=1)
     micro_batch_size: int = opt(32, "examples per forward/backward (gradient accumulation makes up the rest)", ge=1)
     max_steps: int = opt(300, "optimizer steps", ge=1)
-    lr: float = opt(1e-3, "peak learning rate (AdamW)", gt=0)
+    lr: float = opt(1e-3, "peak learning rate (AdamW)", ge=0)
     warmup_steps: int = opt(20, "linear warm-up steps", ge=0)
     weight_decay: float = opt(0.01, "AdamW weight decay on matrices", ge=0)
     grad_clip: float = opt(1.0, "clip the gradient norm to this (0 = off)", ge=0)

@@ -19,7 +19,6 @@ import torch
 import train_sft
 from minirlhf.checkpoint import CheckpointError, load_checkpoint, load_model, save_checkpoint
 from minirlhf.data import DataError, read_jsonl, write_jsonl
-from minirlhf.files import atomic_write
 from minirlhf.lab.annotate import SimulatedAnnotator, label_pairs, make_pairs
 from minirlhf.lab.make_data import make_data
 from minirlhf.model import GPT, GPTConfig
@@ -144,20 +143,24 @@ def test_bad_input_names_file_and_line(tmp_path):
         read_jsonl(str(path), ("prompt", "chosen", "rejected"))
 
 
-def test_a_full_disk_or_a_kill_leaves_no_temporary_file(tmp_path):
+def test_a_full_disk_or_a_kill_leaves_no_temporary_file(tmp_path, monkeypatch):
     path = str(tmp_path / "data.jsonl")
     write_jsonl(path, [{"prompt": "old"}])
     (tmp_path / "data.jsonl.tmp999999999").write_text("left by a killed writer")  # no such process
 
-    def full(f):
-        f.write("half")
+    def rows_then_full_disk():
+        yield {"prompt": "new"}
         raise OSError(errno.ENOSPC, "No space left on device")
     with pytest.raises(OSError, match="data.jsonl: no space left on device; nothing was written"):
-        atomic_write(path, full, mode="w")
+        write_jsonl(path, rows_then_full_disk())
     assert os.listdir(tmp_path) == ["data.jsonl"] and read_jsonl(path, ("prompt",)) == [{"prompt": "old"}]
-    with pytest.raises(OSError, match="no space left"):  # torch.save's own wording for a full disk
-        atomic_write(path, lambda f: (_ for _ in ()).throw(RuntimeError("[enforce fail at inline_container.cc:672]"
-                                                                          " . unexpected pos 64 vs 0")))
+
+    def torch_save_on_a_full_disk(obj, f):  # torch.save's own wording for a full disk
+        f.write(b"PK half a zip")
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 64 vs 0")
+    monkeypatch.setattr(torch, "save", torch_save_on_a_full_disk)
+    with pytest.raises(OSError, match="ckpt.pt: no space left on device"):
+        save_checkpoint(str(tmp_path / "ckpt.pt"), tiny(), stage="sft", tokenizer_name="lab")
     assert os.listdir(tmp_path) == ["data.jsonl"]
 
 
