@@ -31,7 +31,7 @@ def running(pattern):
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
             with open(f"/proc/{pid}/cmdline", "rb") as f:
-                if pattern in f.read().decode(errors="replace"):
+                if pattern in f.read().replace(b"\0", b" ").decode(errors="replace"):  # arguments end in NULs
                     pids.append(int(pid))
         except OSError:
             pass
