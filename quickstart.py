@@ -24,6 +24,7 @@ import os
 import sys
 import time
 
+from minirlhf.flags import number
 from minirlhf.stages import Stage, run_stages
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
@@ -32,22 +33,23 @@ ROOT = os.path.dirname(os.path.abspath(__file__))
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out_dir", default="out/quickstart")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--model", default="small", help="model preset for SFT from scratch (tiny, small)")
-    p.add_argument("--sft_steps", type=int, default=1000)
-    p.add_argument("--sft_lr", type=float, default=2e-3)
-    p.add_argument("--samples_per_prompt", type=int, default=4, help="SFT samples per prompt to pair up for labelling")
-    p.add_argument("--label_prompts", type=int, default=1200, help="prompts whose samples are labelled")
-    p.add_argument("--temperature", type=float, default=0.1, help="annotator noise (0 = always agree with gold)")
-    p.add_argument("--flip_rate", type=float, default=0.0, help="annotator label flips")
-    p.add_argument("--bias", type=float, default=0.0, help="annotator liking for filler (> 0: reward hacking)")
+    p.add_argument("--seed", type=number(int, ge=0), default=0)
+    p.add_argument("--model", default="small", choices=["tiny", "small", "gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl"],
+                   help="model preset for SFT from scratch (tiny, small)")
+    p.add_argument("--sft_steps", type=number(int, ge=1), default=1000)
+    p.add_argument("--sft_lr", type=number(float, gt=0), default=2e-3)
+    p.add_argument("--samples_per_prompt", type=number(int, ge=2), default=4, help="SFT samples per prompt to pair up for labelling")
+    p.add_argument("--label_prompts", type=number(int, ge=1), default=1200, help="prompts whose samples are labelled")
+    p.add_argument("--temperature", type=number(float, ge=0), default=0.1, help="annotator noise (0 = always agree with gold)")
+    p.add_argument("--flip_rate", type=number(float, ge=0, le=1), default=0.0, help="annotator label flips")
+    p.add_argument("--bias", type=number(float), default=0.0, help="annotator liking for filler (> 0: reward hacking)")
     p.add_argument("--families", default="", help="annotator coverage, comma-separated ('' = all families)")
-    p.add_argument("--rounds", type=int, default=2,
+    p.add_argument("--rounds", type=number(int, ge=1), default=2,
                    help="rounds of iterated RLHF: reward model + PPO, then new pairs from the PPO policy, ...")
-    p.add_argument("--rm_steps", type=int, default=300, help="reward-model steps in the first round")
-    p.add_argument("--rm_steps_next", type=int, default=150, help="in each later round, continuing the last one")
-    p.add_argument("--ppo_iters", type=int, default=20, help="PPO iterations per round")
-    p.add_argument("--kl_coef", type=float, default=0.2,
+    p.add_argument("--rm_steps", type=number(int, ge=1), default=300, help="reward-model steps in the first round")
+    p.add_argument("--rm_steps_next", type=number(int, ge=1), default=150, help="in each later round, continuing the last one")
+    p.add_argument("--ppo_iters", type=number(int, ge=1), default=20, help="PPO iterations per round")
+    p.add_argument("--kl_coef", type=number(float, ge=0), default=0.2,
                    help="PPO's beta; higher than the usual 0.05 as a guard against this small reward model's blind "
                         "spots, which PPO can find at 0.05 (see the README)")
     args = p.parse_args()

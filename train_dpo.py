@@ -49,35 +49,40 @@ from minirlhf.data import load_pairs, right_pad
 from minirlhf.training import (
     Logger, adamw, all_reduce_sum, check_finite, finish_distributed, cosine_lr, load_resume, opt, parse_args,
     restore_training_state, resume_path, save_training_checkpoint, seed_everything, sequence_logprobs,
-    set_cpu_threads, setup_runtime, step_generator)
+    set_cpu_threads, setup_runtime, split_batch, step_generator)
 
 
 @dataclass
 class Args:
     train_data: str = opt("data/lab/prefs.jsonl", "preference JSONL: {'prompt', 'chosen', 'rejected'} per line")
     eval_data: str = opt("", "held-out preference JSONL ('' = hold out eval_fraction of train_data)")
-    eval_fraction: float = opt(0.1, "fraction of train_data held out when there is no eval_data")
+    eval_fraction: float = opt(0.1, "fraction of train_data held out when there is no eval_data", ge=0, lt=1)
     out_dir: str = opt("out/dpo", "where ckpt.pt and log.jsonl go")
     sft_ckpt: str = opt("out/sft/ckpt.pt", "the SFT checkpoint: the initial policy and the frozen reference")
-    loss: str = opt("dpo", "'dpo' (logistic, Rafailov et al.) or 'ipo' (squared, Azar et al.)")
-    beta: float = opt(0.1, "DPO: scale of the implied reward (KL strength); IPO: tau, target margin 1/(2 beta)")
-    batch_size: int = opt(32, "pairs per optimizer step, over all ranks and micro-batches")
-    micro_batch_size: int = opt(32, "pairs per forward/backward (gradient accumulation makes up the rest)")
-    max_steps: int = opt(200, "optimizer steps")
-    lr: float = opt(3e-5, "peak learning rate (AdamW); too high pushes both log-probs down, far from the reference")
-    warmup_steps: int = opt(10, "linear warm-up steps")
-    weight_decay: float = opt(0.0, "AdamW weight decay on matrices (0: the pull toward the reference is beta's job)")
-    grad_clip: float = opt(1.0, "clip the gradient norm to this (0 = off)")
-    eval_interval: int = opt(50, "steps between held-out evaluations")
-    log_interval: int = opt(10, "steps between log lines")
-    ckpt_interval: int = opt(100, "steps between checkpoints (one is always written at the end)")
+    loss: str = opt("dpo", "'dpo' (logistic, Rafailov et al.) or 'ipo' (squared, Azar et al.)", choices=("dpo", "ipo"))
+    beta: float = opt(0.1, "DPO: scale of the implied reward (KL strength); IPO: tau, target margin 1/(2 beta)", gt=0)
+    batch_size: int = opt(32, "pairs per optimizer step, over all ranks and micro-batches", ge=1)
+    micro_batch_size: int = opt(32, "pairs per forward/backward (gradient accumulation makes up the rest)", ge=1)
+    max_steps: int = opt(200, "optimizer steps", ge=1)
+    lr: float = opt(3e-5, "peak learning rate (AdamW); too high pushes both log-probs down, far from the reference", ge=0)
+    warmup_steps: int = opt(10, "linear warm-up steps", ge=0)
+    weight_decay: float = opt(0.0, "AdamW weight decay on matrices (0: the pull toward the reference is beta's job)", ge=0)
+    grad_clip: float = opt(1.0, "clip the gradient norm to this (0 = off)", ge=0)
+    eval_interval: int = opt(50, "steps between held-out evaluations", ge=1)
+    log_interval: int = opt(10, "steps between log lines", ge=1)
+    ckpt_interval: int = opt(100, "steps between checkpoints (one is always written at the end)", ge=1)
     seed: int = opt(1337, "random seed")
     device: str = opt("auto", "'auto', 'cpu', 'cuda', 'cuda:1', ...")
-    threads: int = opt(0, "CPU threads for torch (0 = 1 for a tiny model, else the free cores; see set_cpu_threads)")
-    dtype: str = opt("bfloat16", "autocast dtype on GPU ('bfloat16' or 'float32'); CPU always runs fp32")
+    threads: int = opt(0, "CPU threads for torch (0 = 1 for a tiny model, else the free cores; see set_cpu_threads)", ge=0)
+    dtype: str = opt("bfloat16", "autocast dtype on GPU ('bfloat16' or 'float32'); CPU always runs fp32", choices=("bfloat16", "float32"))
     fused_logprobs: bool = opt(False, "log-probs by the fused linear kernel: no (2B, T, V) logits (less memory)")
     resume: bool = opt(False, "continue from out_dir/ckpt.pt (weights, optimizer, step, RNG)")
+    overwrite: bool = opt(False, "start afresh even if out_dir holds a run (its checkpoint and log are replaced)")
     wandb_project: str = opt("", "log to this wandb project ('' = off)")
+
+    def check(self, world_size):
+        """Checks between flags, before any work (parse_args runs it; each flag's own range is in its opt)."""
+        split_batch(self.batch_size, self.micro_batch_size, world_size)
 
 
 def make_batch(pairs, device, pad_id):
@@ -169,9 +174,8 @@ def main(args):
     logger = Logger(args.out_dir, rt.master, args.wandb_project, dataclasses.asdict(args), resume=args.resume)
 
     # ---- each rank takes its share of the step's batch, in micro-batches
-    per_rank = args.batch_size // rt.world_size
-    n_micro = max(1, per_rank // args.micro_batch_size)
-    assert per_rank % n_micro == 0, "batch_size / world_size must be a multiple of micro_batch_size"
+    per_rank, _, micro_size = split_batch(args.batch_size, args.micro_batch_size, rt.world_size)
+    n_micro = per_rank // micro_size
 
     @torch.no_grad()
     def evaluate():

@@ -53,11 +53,12 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 import kernels
 from minirlhf.checkpoint import load_model
 from minirlhf.data import PROMPT_FIELDS, encode_prompt, left_pad, read_jsonl
+from minirlhf.files import describe
 from minirlhf.model import ScalarGPT
 from minirlhf.training import (
     Logger, adamw, all_reduce_mean, all_reduce_sum, check_finite, finish_distributed, last_token_scores,
     load_resume, opt, parse_args, response_logprobs, restore_training_state, resume_path,
-    save_training_checkpoint, seed_everything, set_cpu_threads, setup_runtime, step_generator)
+    save_training_checkpoint, seed_everything, set_cpu_threads, setup_runtime, split_batch, step_generator)
 
 
 @dataclass
@@ -69,39 +70,45 @@ class Args:
                                "in iterated RLHF; the KL penalty still measures the distance to sft_ckpt")
     rm_ckpt: str = opt("out/rm/ckpt.pt", "reward model checkpoint (also the value model's initialisation)")
     out_dir: str = opt("out/ppo", "where ckpt.pt and log.jsonl go")
-    num_iters: int = opt(60, "PPO iterations (rollout + update)")
-    batch_size: int = opt(64, "rollouts per iteration, over all ranks")
-    num_minibatches: int = opt(4, "minibatches per epoch (one optimizer step each)")
-    micro_batch_size: int = opt(16, "rollouts per forward/backward (gradient accumulation within a minibatch)")
-    ppo_epochs: int = opt(4, "passes over each batch")
-    max_prompt_len: int = opt(64, "prompts are cut from the left to this many tokens")
-    max_new_tokens: int = opt(32, "response length limit")
-    temperature: float = opt(0.7, "sampling temperature; log-probs use the same")
-    lr: float = opt(3e-5, "policy learning rate (AdamW, constant)")
-    value_lr: float = opt(1e-4, "value model learning rate")
-    kl_coef: float = opt(0.05, "beta: weight of the per-token KL penalty")
+    num_iters: int = opt(60, "PPO iterations (rollout + update)", ge=1)
+    batch_size: int = opt(64, "rollouts per iteration, over all ranks", ge=1)
+    num_minibatches: int = opt(4, "minibatches per epoch (one optimizer step each)", ge=1)
+    micro_batch_size: int = opt(16, "rollouts per forward/backward (gradient accumulation within a minibatch)", ge=1)
+    ppo_epochs: int = opt(4, "passes over each batch", ge=1)
+    max_prompt_len: int = opt(64, "prompts are cut from the left to this many tokens", ge=1)
+    max_new_tokens: int = opt(32, "response length limit", ge=1)
+    temperature: float = opt(0.7, "sampling temperature; log-probs use the same", gt=0)
+    lr: float = opt(3e-5, "policy learning rate (AdamW, constant)", ge=0)
+    value_lr: float = opt(1e-4, "value model learning rate", ge=0)
+    kl_coef: float = opt(0.05, "beta: weight of the per-token KL penalty", ge=0)
     adaptive_kl: bool = opt(False, "adapt kl_coef toward target_kl (Ziegler et al. 2019)")
-    target_kl: float = opt(2.0, "adaptive_kl: target sequence KL (nats)")
-    kl_horizon: int = opt(10000, "adaptive_kl: horizon in rollouts")
-    gamma: float = opt(1.0, "discount")
-    lam: float = opt(0.95, "GAE lambda")
-    clip_range: float = opt(0.2, "PPO ratio clip epsilon")
-    clip_range_value: float = opt(0.2, "value clip around the rollout values")
+    target_kl: float = opt(2.0, "adaptive_kl: target sequence KL (nats)", gt=0)
+    kl_horizon: int = opt(10000, "adaptive_kl: horizon in rollouts", ge=1)
+    gamma: float = opt(1.0, "discount", ge=0, le=1)
+    lam: float = opt(0.95, "GAE lambda", ge=0, le=1)
+    clip_range: float = opt(0.2, "PPO ratio clip epsilon", gt=0)
+    clip_range_value: float = opt(0.2, "value clip around the rollout values", gt=0)
     no_eos_score: float = opt(-3.0, "score for a response with no end-of-text (normalised reward units)")
-    grad_clip: float = opt(1.0, "clip gradient norms to this (0 = off)")
-    eval_interval: int = opt(10, "iterations between held-out gold evaluations (lab prompts)")
-    ckpt_interval: int = opt(10, "iterations between checkpoints (one is always written at the end)")
-    log_samples: int = opt(2, "sample generations printed with each log line")
+    grad_clip: float = opt(1.0, "clip gradient norms to this (0 = off)", ge=0)
+    eval_interval: int = opt(10, "iterations between held-out gold evaluations (lab prompts)", ge=1)
+    ckpt_interval: int = opt(10, "iterations between checkpoints (one is always written at the end)", ge=1)
+    log_samples: int = opt(2, "sample generations printed with each log line", ge=0)
     seed: int = opt(1337, "random seed")
     device: str = opt("auto", "'auto', 'cpu', 'cuda', 'cuda:1', ...")
-    threads: int = opt(0, "CPU threads for torch (0 = 1 for a tiny model, else the free cores; see set_cpu_threads)")
-    dtype: str = opt("bfloat16", "autocast dtype on GPU ('bfloat16' or 'float32'); CPU always runs fp32")
+    threads: int = opt(0, "CPU threads for torch (0 = 1 for a tiny model, else the free cores; see set_cpu_threads)", ge=0)
+    dtype: str = opt("bfloat16", "autocast dtype on GPU ('bfloat16' or 'float32'); CPU always runs fp32", choices=("bfloat16", "float32"))
     fused_logprobs: bool = opt(False, "log-probs by the fused linear kernel, in rollout and update alike (less memory)")
     exact_kl: str = opt("auto", "log objective/kl_exact, the full-vocabulary KL to the reference (kernels.full_kl): "
                                 "'true', 'false', or 'auto' = when the vocabulary is at most 8192 tokens (the lab's "
-                                "1013: cheap; GPT-2's 50258: two more forwards and two (micro, R, V) logits)")
+                                "1013: cheap; GPT-2's 50258: two more forwards and two (micro, R, V) logits)",
+                       choices=("auto", "true", "false"))
     resume: bool = opt(False, "continue from out_dir/ckpt.pt (policy, value model, optimizers, iteration, RNG)")
+    overwrite: bool = opt(False, "start afresh even if out_dir holds a run (its checkpoint and log are replaced)")
     wandb_project: str = opt("", "log to this wandb project ('' = off)")
+
+    def check(self, world_size):
+        """Checks between flags, before any work (parse_args runs it; each flag's own range is in its opt)."""
+        split_batch(self.batch_size, self.micro_batch_size, world_size, self.num_minibatches)
 
 
 # ----------------------------------------------------------------------------- the math
@@ -184,6 +191,15 @@ def kl_penalised_rewards(logprobs, ref_logprobs, raw_scores, response, response_
     return rewards, kl, scores, ended
 
 
+def check_lab_prompt(row):
+    """A prompt tagged with a lab family must be a lab prompt: the gold judge reads it (checked up front)."""
+    if "family" in row:
+        from minirlhf.lab.world import parse_prompt
+        if parse_prompt(row["prompt"]) is None:
+            raise ValueError(f"field 'prompt' is not a lab prompt, though tagged family {row['family']!r}: "
+                             f"{describe(row['prompt'])}")
+
+
 def main(args):
     rt = setup_runtime(args.device)
     seed_everything(args.seed + rt.rank)
@@ -217,23 +233,21 @@ def main(args):
     logger = Logger(args.out_dir, rt.master, args.wandb_project, dataclasses.asdict(args), resume=args.resume)
 
     # ---- prompts; lab prompts (with a "family" field) are also judged by the gold judge
-    rows = read_jsonl(args.prompts, PROMPT_FIELDS)
+    rows = read_jsonl(args.prompts, PROMPT_FIELDS, check=check_lab_prompt)
     encoded = [encode_prompt(tok, r["prompt"], args.max_prompt_len) for r in rows]
     prompts = [ids for ids, _ in encoded]
+    longest = max(len(ids) for ids in prompts)
+    if longest + args.max_new_tokens > policy.config.block_size:
+        raise ValueError(f"prompts of up to {longest} tokens (--max_prompt_len {args.max_prompt_len}) + "
+                         f"--max_new_tokens {args.max_new_tokens} > the policy's block_size {policy.config.block_size}")
     is_lab = all("family" in r for r in rows)
     eval_rows = read_jsonl(args.eval_prompts, PROMPT_FIELDS) if is_lab and args.eval_prompts else []
-    if args.exact_kl not in ("auto", "true", "false"):
-        raise ValueError(f"--exact_kl {args.exact_kl!r}: 'auto', 'true' or 'false'")
     log_exact_kl = args.exact_kl == "true" or (args.exact_kl == "auto" and policy.config.vocab_size <= 8192)
     threads = set_cpu_threads(policy.num_params(), args.threads)
     if rt.master:
         print(f"{len(prompts)} prompts ({sum(c for _, c in encoded)} cut from the left to {args.max_prompt_len} "
               f"tokens); policy {policy.num_params() / 1e6:.2f}M parameters on {rt.device} ({threads} CPU threads); world size {rt.world_size}")
-    per_rank = args.batch_size // rt.world_size
-    mb_size = per_rank // args.num_minibatches
-    assert per_rank % args.num_minibatches == 0 and mb_size % min(args.micro_batch_size, mb_size) == 0, \
-        "batch_size / world_size / num_minibatches must be a multiple of micro_batch_size"
-    micro = min(args.micro_batch_size, mb_size)
+    per_rank, mb_size, micro = split_batch(args.batch_size, args.micro_batch_size, rt.world_size, args.num_minibatches)
 
     while it < args.num_iters:
         # ---- 1. rollout
@@ -273,7 +287,9 @@ def main(args):
             order = torch.randperm(per_rank, generator=step_generator(args.seed + 1, it * args.ppo_epochs + epoch, rt.rank))
             for start in range(0, per_rank, mb_size):
                 mb = order[start: start + mb_size]
-                n_valid = m[mb].sum()  # the minibatch's valid tokens: every loss is a mean over them
+                # the minibatch's valid tokens on all ranks: every loss is a mean over them. DDP averages the ranks'
+                # gradients, so each rank divides by n_total / world_size (as train_sft.py does)
+                n_valid = all_reduce_sum(m[mb].sum().item(), rt) / rt.world_size
                 chunks = list(mb.split(micro))
                 for k, idx in enumerate(chunks):
                     # Gradients accumulate over the minibatch's micro-batches and are all-reduced once, on the last
@@ -307,8 +323,8 @@ def main(args):
                         n_mk = mk.sum()
                         if first_ratio_error is None:
                             first_ratio_error = ((ratio - 1).abs() * mk).max().item()
-                        stats["pg_loss"].append(pg_loss.item() * n_valid.item() / n_mk.item())
-                        stats["vf_loss"].append(vf_loss.item() * n_valid.item() / n_mk.item())
+                        stats["pg_loss"].append(pg_loss.item() * n_valid / n_mk.item())
+                        stats["vf_loss"].append(vf_loss.item() * n_valid / n_mk.item())
                         # approx-KL between the rollout policy and the current one, by the k2 estimator
                         # 0.5 * (log r)^2 on the rollout's tokens (Schulman, "Approximating KL divergence"):
                         # >= 0 on every token, unlike k1 = -log r; biased, but close to KL for nearby policies.
@@ -322,6 +338,7 @@ def main(args):
                     optimizer.step()
                     optimizer.zero_grad(set_to_none=True)
         t_update = time.time() - t0
+        check_finite(policy, "policy weights", it, args.out_dir)  # before sampling from them
 
         # ---- statistics, adaptive KL, evaluation, checkpoint
         seq_kl = kl.sum(1)  # (B,) sequence KL estimate
@@ -366,7 +383,7 @@ def main(args):
                                  "time/score", "time/update"])
         if rt.master and args.log_samples:
             for b in range(min(args.log_samples, per_rank)):
-                print(f"    {rows[pick[b]]['prompt']!r} -> {texts[b]!r}  (score {scores[b].item():+.2f})")
+                print(f"    {describe(rows[pick[b]]['prompt'], 200)} -> {texts[b]!r}  (score {scores[b].item():+.2f})")
         if it % args.ckpt_interval == 0 or it == args.num_iters:
             save_training_checkpoint(rt, args.out_dir, policy, stage="ppo", tokenizer_name=tok.name, step=it,
                                      args=args, optimizer=policy_opt, kl_coef=kl_coef,

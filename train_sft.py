@@ -26,7 +26,7 @@ from minirlhf.data import SFT_FIELDS, encode_example, read_jsonl, right_pad
 from minirlhf.training import (
     Logger, adamw, all_reduce_sum, check_finite, finish_distributed, cosine_lr, init_policy, load_resume,
     opt, parse_args, response_logprobs, restore_training_state, resume_path, save_training_checkpoint,
-    seed_everything, set_cpu_threads, setup_runtime, step_generator)
+    seed_everything, set_cpu_threads, setup_runtime, split_batch, step_generator)
 
 
 @dataclass
@@ -36,25 +36,30 @@ class Args:
     out_dir: str = opt("out/sft", "where ckpt.pt and log.jsonl go")
     init_from: str = opt("scratch:small", "'scratch:PRESET' (tiny, small, gpt2, ...), a GPT-2 folder/hub name, or a .pt checkpoint")
     tokenizer: str = opt("lab", "'lab', 'gpt2' or a .tiktoken file")
-    block_size: int = opt(128, "context length for a model from scratch; prompts are cut from the left to fit")
-    batch_size: int = opt(32, "examples per optimizer step, over all ranks and micro-batches")
-    micro_batch_size: int = opt(32, "examples per forward/backward (gradient accumulation makes up the rest)")
-    max_steps: int = opt(300, "optimizer steps")
-    lr: float = opt(1e-3, "peak learning rate (AdamW)")
-    warmup_steps: int = opt(20, "linear warm-up steps")
-    weight_decay: float = opt(0.01, "AdamW weight decay on matrices")
-    grad_clip: float = opt(1.0, "clip the gradient norm to this (0 = off)")
-    eval_interval: int = opt(100, "steps between held-out evaluations")
-    eval_examples: int = opt(256, "held-out examples per evaluation")
-    log_interval: int = opt(10, "steps between log lines")
-    ckpt_interval: int = opt(100, "steps between checkpoints (one is always written at the end)")
+    block_size: int = opt(128, "context length for a model from scratch; prompts are cut from the left to fit", ge=2)
+    batch_size: int = opt(32, "examples per optimizer step, over all ranks and micro-batches", ge=1)
+    micro_batch_size: int = opt(32, "examples per forward/backward (gradient accumulation makes up the rest)", ge=1)
+    max_steps: int = opt(300, "optimizer steps", ge=1)
+    lr: float = opt(1e-3, "peak learning rate (AdamW)", ge=0)
+    warmup_steps: int = opt(20, "linear warm-up steps", ge=0)
+    weight_decay: float = opt(0.01, "AdamW weight decay on matrices", ge=0)
+    grad_clip: float = opt(1.0, "clip the gradient norm to this (0 = off)", ge=0)
+    eval_interval: int = opt(100, "steps between held-out evaluations", ge=1)
+    eval_examples: int = opt(256, "held-out examples per evaluation", ge=1)
+    log_interval: int = opt(10, "steps between log lines", ge=1)
+    ckpt_interval: int = opt(100, "steps between checkpoints (one is always written at the end)", ge=1)
     seed: int = opt(1337, "random seed")
     device: str = opt("auto", "'auto', 'cpu', 'cuda', 'cuda:1', ...")
-    threads: int = opt(0, "CPU threads for torch (0 = 1 for a tiny model, else the free cores; see set_cpu_threads)")
-    dtype: str = opt("bfloat16", "autocast dtype on GPU ('bfloat16' or 'float32'); CPU always runs fp32")
+    threads: int = opt(0, "CPU threads for torch (0 = 1 for a tiny model, else the free cores; see set_cpu_threads)", ge=0)
+    dtype: str = opt("bfloat16", "autocast dtype on GPU ('bfloat16' or 'float32'); CPU always runs fp32", choices=("bfloat16", "float32"))
     fused_logprobs: bool = opt(False, "log-probs by the fused linear kernel: no (B, T, V) logits (less memory, slower)")
     resume: bool = opt(False, "continue from out_dir/ckpt.pt (weights, optimizer, step, RNG)")
+    overwrite: bool = opt(False, "start afresh even if out_dir holds a run (its checkpoint and log are replaced)")
     wandb_project: str = opt("", "log to this wandb project ('' = off)")
+
+    def check(self, world_size):
+        """Checks between flags, before any work (parse_args runs it; each flag's own range is in its opt)."""
+        split_batch(self.batch_size, self.micro_batch_size, world_size)
 
 
 def load_examples(path, tok, block_size):
@@ -111,9 +116,8 @@ def main(args):
     logger = Logger(args.out_dir, rt.master, args.wandb_project, dataclasses.asdict(args), resume=args.resume)
 
     # ---- each rank takes its share of the step's batch, in micro-batches
-    per_rank = args.batch_size // rt.world_size
-    n_micro = max(1, per_rank // args.micro_batch_size)
-    assert per_rank % n_micro == 0, "batch_size / world_size must be a multiple of micro_batch_size"
+    per_rank, _, micro_size = split_batch(args.batch_size, args.micro_batch_size, rt.world_size)
+    n_micro = per_rank // micro_size
 
     @torch.no_grad()
     def evaluate():

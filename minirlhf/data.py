@@ -16,6 +16,8 @@ import os
 
 import torch
 
+from minirlhf.files import atomic_write
+
 SFT_FIELDS = ("prompt", "response")
 PREFERENCE_FIELDS = ("prompt", "chosen", "rejected")
 PROMPT_FIELDS = ("prompt",)
@@ -25,19 +27,29 @@ class DataError(ValueError):
     """A bad input record; the message starts with 'path:line:'."""
 
 
-def read_jsonl(path, fields):
-    """Read a JSONL file whose records must have the string `fields`. Returns a list of dicts."""
+def read_jsonl(path, fields, check=None):
+    """Read a JSONL file whose records must have the string `fields`. Returns a list of dicts.
+
+    A "prompt" must not be empty (a policy needs at least one token to condition on). `check(row)`, if given,
+    may raise ValueError for a record that is wrong in some other way; the error is then given its file:line.
+    """
     if not os.path.exists(path):
         raise DataError(f"{path}: file not found")
     rows = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
+    with open(path, "rb") as f:  # bytes, so that a line that is not UTF-8 is reported with its line number
+        for lineno, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise DataError(f"{path}:{lineno}: not UTF-8 text (byte 0x{raw[e.start]:02x} at byte {e.start + 1} "
+                                f"of the line)") from None
             if not line.strip():
                 continue  # blank lines (a trailing newline, say) are not records
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{lineno}: not valid JSON ({e.msg} at column {e.colno})") from None
+                raise DataError(f"{path}:{lineno}: not valid JSON ({e.msg.removesuffix(' at')} at column "
+                                f"{e.colno})") from None
             if not isinstance(row, dict):
                 raise DataError(f"{path}:{lineno}: expected a JSON object with fields {list(fields)}")
             for field in fields:
@@ -45,6 +57,13 @@ def read_jsonl(path, fields):
                     raise DataError(f"{path}:{lineno}: field '{field}' is missing")
                 if not isinstance(row[field], str):
                     raise DataError(f"{path}:{lineno}: field '{field}' must be a string, got {type(row[field]).__name__}")
+            if "prompt" in fields and not row["prompt"]:
+                raise DataError(f"{path}:{lineno}: field 'prompt' is empty")
+            if check is not None:
+                try:
+                    check(row)
+                except ValueError as e:
+                    raise DataError(f"{path}:{lineno}: {e}") from None
             rows.append(row)
     if not rows:
         raise DataError(f"{path}: no records")
@@ -53,12 +72,7 @@ def read_jsonl(path, fields):
 
 def write_jsonl(path, rows):
     """Write records atomically: a reader never sees half a file, and a crash leaves the old file intact."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
+    atomic_write(path, lambda f: f.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), mode="w")
 
 
 # ----------------------------------------------------------------------------- tokens

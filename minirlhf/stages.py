@@ -19,8 +19,11 @@ import os
 import shlex
 import signal
 import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
+
+from minirlhf.files import atomic_write
 
 
 @dataclass
@@ -56,17 +59,35 @@ def stage_state(stage, state_dir):
 
 
 def _write_marker(stage, state_dir, state, seconds=None):
-    path = marker_path(state_dir, stage.name)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump({"name": stage.name, "cmd": stage.cmd, "state": state, "seconds": seconds}, f)
-    os.replace(tmp, path)
+    marker = {"name": stage.name, "cmd": stage.cmd, "state": state, "seconds": seconds}
+    atomic_write(marker_path(state_dir, stage.name), lambda f: json.dump(marker, f), mode="w")
+
+
+def _die_with_parent(parent_pid):
+    """Run in the child between fork and exec: ask Linux to send it SIGTERM when its parent dies.
+
+    The pipeline stops its stage itself on Ctrl-C or SIGTERM (run_command), but `kill -9` of the pipeline
+    alone gives it no chance to; the stage, in its own process group, would go on running (and writing).
+    PR_SET_PDEATHSIG makes the kernel deliver the signal, whatever killed the parent; no polling, no helper
+    process. If the parent is already gone (it died before this ran), exit at once. Elsewhere than Linux, a
+    no-op: stop a stage there with its process group.
+    """
+    import ctypes
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent_pid:
+        os._exit(1)
 
 
 def run_command(cmd, cwd=None):
-    """Run cmd in its own process group; if we are interrupted, stop the whole group before re-raising."""
-    proc = subprocess.Popen(cmd, cwd=cwd, start_new_session=True)
+    """Run cmd in its own process group; if we are interrupted, stop the whole group before re-raising; if we
+    are killed outright, the kernel stops the command (_die_with_parent)."""
+    parent = os.getpid()
+    preexec = (lambda: _die_with_parent(parent)) if sys.platform.startswith("linux") else None
+    proc = subprocess.Popen(cmd, cwd=cwd, start_new_session=True, preexec_fn=preexec)
     previous = signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     try:
         code = proc.wait()

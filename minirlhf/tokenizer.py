@@ -36,10 +36,12 @@ LAB_TOKENIZER_FILE = os.path.join(os.path.dirname(__file__), "lab", "tokenizer.t
 
 
 class Tokenizer:
-    """A tiktoken encoding plus the two special ids the pipeline needs."""
+    """A tiktoken encoding plus the two special ids the pipeline needs; sha256 identifies its vocabulary."""
 
     def __init__(self, name, ranks, pattern=GPT2_PATTERN):
         self.name = name
+        self.ranks_text = ranks_text(ranks)
+        self.sha256 = hashlib.sha256(self.ranks_text.encode()).hexdigest()
         self.eot_token = len(ranks)  # GPT-2: 50256
         self.pad_token = len(ranks) + 1  # GPT-2: 50257
         self.vocab_size = len(ranks) + 2  # ids a model must be able to embed
@@ -62,14 +64,57 @@ class Tokenizer:
 
 @functools.lru_cache(maxsize=None)
 def get_tokenizer(name):
-    """'gpt2' (50257 BPE tokens + pad), 'lab' (the lab's small encoding), or a path to a .tiktoken file."""
+    """'gpt2' (50257 BPE tokens + pad), 'lab' (the lab's small encoding), or a path to a .tiktoken file.
+
+    A file's tokenizer is named after the file and its vocabulary's hash ('mytok-1a2b3c4d'), so a different
+    vocabulary saved under a built-in's name (lab.tiktoken) is never taken for the built-in; the same
+    vocabulary as the lab's is the lab tokenizer, wherever the file lies.
+    """
     if name == "gpt2":
-        return Tokenizer("gpt2", gpt2_ranks())
+        return _registered(Tokenizer("gpt2", gpt2_ranks()))
     if name == "lab":
-        return Tokenizer("lab", read_ranks(LAB_TOKENIZER_FILE))
+        return _registered(Tokenizer("lab", read_ranks(LAB_TOKENIZER_FILE)))
     if name.endswith(".tiktoken") and os.path.exists(name):
-        return Tokenizer(os.path.basename(name)[: -len(".tiktoken")], read_ranks(name))
+        tok = Tokenizer(os.path.basename(name)[: -len(".tiktoken")], read_ranks(name))
+        if tok.sha256 == get_tokenizer("lab").sha256:
+            return get_tokenizer("lab")
+        tok.name = f"{tok.name}-{tok.sha256[:8]}"
+        return _registered(tok)
     raise ValueError(f"unknown tokenizer {name!r}: expected 'gpt2', 'lab' or a path to a .tiktoken file")
+
+
+_LOADED = {}  # name -> Tokenizer, for every tokenizer built in this process (checkpoints record them by name)
+
+
+def _registered(tok):
+    _LOADED[tok.name] = tok
+    return tok
+
+
+def tokenizer_record(name):
+    """What a checkpoint stores about its tokenizer: the name, the vocabulary's sha256, and for a tokenizer
+    that is not built in, the vocabulary itself (a few hundred kB at most), so no later stage needs the file."""
+    tok = _LOADED.get(name) or get_tokenizer(name)
+    record = {"tokenizer": tok.name, "tokenizer_sha256": tok.sha256}
+    if tok.name not in ("gpt2", "lab"):
+        record["tokenizer_ranks"] = tok.ranks_text
+    return record
+
+
+def tokenizer_from_record(ckpt):
+    """The tokenizer a checkpoint was trained with, checked by hash (older checkpoints: by name only)."""
+    name, sha = ckpt["tokenizer"], ckpt.get("tokenizer_sha256")
+    if "tokenizer_ranks" in ckpt:
+        tok = _registered(Tokenizer(name, parse_ranks(ckpt["tokenizer_ranks"].splitlines(), "the checkpoint")))
+    elif name in ("gpt2", "lab"):
+        tok = get_tokenizer(name)
+    else:
+        raise ValueError(f"trained with tokenizer {name!r}, whose vocabulary this (older) checkpoint does not "
+                         f"hold; only 'gpt2' and 'lab' can be rebuilt from a name")
+    if sha is not None and tok.sha256 != sha:
+        raise ValueError(f"trained with a {name!r} vocabulary of sha256 {sha[:12]}..., but this one has "
+                         f"{tok.sha256[:12]}... (was {LAB_TOKENIZER_FILE if name == 'lab' else 'it'} rebuilt?)")
+    return tok
 
 
 # ----------------------------------------------------------------------------- GPT-2, offline
@@ -160,28 +205,35 @@ def train_bpe(texts, vocab_size):
     return ranks
 
 
+def ranks_text(ranks):
+    """tiktoken's file format: one 'base64(token) rank' line per token, in rank order."""
+    return "".join(f"{base64.b64encode(token).decode()} {rank}\n"
+                   for token, rank in sorted(ranks.items(), key=lambda kv: kv[1]))
+
+
 def write_ranks(path, ranks):
-    """tiktoken's file format: one 'base64(token) rank' line per token, in rank order. Written atomically."""
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        for token, rank in sorted(ranks.items(), key=lambda kv: kv[1]):
-            f.write(f"{base64.b64encode(token).decode()} {rank}\n")
-    os.replace(tmp, path)
+    """The ranks as a tiktoken file, written atomically."""
+    from minirlhf.files import atomic_write
+    atomic_write(path, lambda f: f.write(ranks_text(ranks)), mode="w")
 
 
 def read_ranks(path):
     if not os.path.exists(path):
         raise FileNotFoundError(f"tokenizer file {path} not found")
+    with open(path, "rb") as f:
+        return parse_ranks(f.read().decode("ascii", errors="replace").splitlines(), path)
+
+
+def parse_ranks(lines, path):
     ranks = {}
-    with open(path) as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                token, rank = line.split()
-                ranks[base64.b64decode(token)] = int(rank)
-            except ValueError as e:
-                raise ValueError(f"{path}:{lineno}: expected 'base64-token rank', got {line.strip()!r}") from e
+    for lineno, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            token, rank = line.split()
+            ranks[base64.b64decode(token, validate=True)] = int(rank)
+        except ValueError as e:
+            raise ValueError(f"{path}:{lineno}: expected 'base64-token rank', got {line.strip()[:80]!r}") from e
     if sorted(ranks.values()) != list(range(len(ranks))):
         raise ValueError(f"{path}: ranks must be 0..{len(ranks) - 1} without gaps")
     return ranks

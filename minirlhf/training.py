@@ -19,7 +19,9 @@ import torch
 import torch.distributed as dist
 
 import kernels
-from minirlhf.checkpoint import load_checkpoint, load_model, save_checkpoint
+from minirlhf.checkpoint import load_checkpoint, load_model, non_finite_entries, save_checkpoint
+from minirlhf.files import truncate_lines
+from minirlhf.flags import number, split_batch  # noqa: F401 (split_batch: the scripts' one micro-batch check)
 from minirlhf.model import GPT, GPTConfig
 from minirlhf.tokenizer import get_tokenizer
 
@@ -30,6 +32,9 @@ def parse_args(cls, argv=None):
     """An argparse parser built from a dataclass: one --flag per field, its help text from metadata["help"].
 
     Also reads @file arguments (one flag per line) so runs can be kept as flag files under runs/.
+    A field's range (opt's ge / gt / le / lt) and choices are checked by argparse, then the dataclass's own
+    check(world_size) (checks between flags), if it has one, and check_out_dir: a bad flag stops here, named,
+    before any work.
     """
     parser = argparse.ArgumentParser(description=sys.modules[cls.__module__].__doc__, fromfile_prefix_chars="@",
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -40,8 +45,18 @@ def parse_args(cls, argv=None):
             parser.add_argument(f"--{f.name}", type=_to_bool, default=f.default, metavar="BOOL", help=help_text)
         else:
             kind = {"int": int, "float": float, "str": str}.get(f.type, f.type)
-            parser.add_argument(f"--{f.name}", type=kind, default=f.default, help=help_text)
-    return cls(**vars(parser.parse_args(argv)))
+            bounds = f.metadata.get("bounds", {})
+            parser.add_argument(f"--{f.name}", type=number(kind, **bounds) if kind in (int, float) else kind,
+                                default=f.default, choices=f.metadata.get("choices"), help=help_text)
+    args = cls(**vars(parser.parse_args(argv)))
+    try:
+        if hasattr(args, "check"):
+            args.check(int(os.environ.get("WORLD_SIZE", 1)))
+        if hasattr(args, "overwrite"):
+            check_out_dir(args.out_dir, args.resume, args.overwrite)
+    except (ValueError, FileExistsError) as e:
+        parser.error(str(e))
+    return args
 
 
 def _to_bool(s):
@@ -52,9 +67,10 @@ def _to_bool(s):
     raise argparse.ArgumentTypeError(f"expected true or false, got {s!r}")
 
 
-def opt(default, help):
-    """A dataclass field with a help text (shown by --help)."""
-    return dataclasses.field(default=default, metadata={"help": help})
+def opt(default, help, choices=None, **bounds):
+    """A dataclass field with a help text (shown by --help), and optionally its range (ge=, gt=, le=, lt=: the
+    value must be >=, >, <=, < that) or its choices, checked when the flags are parsed (minirlhf.flags)."""
+    return dataclasses.field(default=default, metadata={"help": help, "bounds": bounds, "choices": choices})
 
 
 # ----------------------------------------------------------------------------- devices, DDP, seeds
@@ -278,30 +294,58 @@ def resume_path(out_dir):
 
 def training_state(optimizer, **extra):
     """What a checkpoint needs beyond the weights to continue exactly where it stopped."""
-    return dict(optimizer=optimizer.state_dict(), torch_rng=torch.get_rng_state(),
-                python_rng=random.getstate(), numpy_rng=np.random.get_state(), **extra)
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()  # numpy's array as a tensor: plain data to load
+    return dict(optimizer=optimizer.state_dict(), torch_rng=torch.get_rng_state(), python_rng=random.getstate(),
+                numpy_rng=(kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss), **extra)
 
 
 def restore_training_state(ckpt, optimizer):
     optimizer.load_state_dict(ckpt["optimizer"])
     torch.set_rng_state(ckpt["torch_rng"])
     random.setstate(ckpt["python_rng"])
-    np.random.set_state(ckpt["numpy_rng"])
+    kind, keys, *rest = ckpt["numpy_rng"]
+    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), *rest))
     return ckpt["step"]
 
 
 def load_resume(out_dir, expect="gpt"):
+    """The checkpoint to resume from. log.jsonl is cut back to its step: the lines a killed run logged after its
+    last checkpoint are logged again by the resumed run, and would otherwise be there twice."""
     path = resume_path(out_dir)
     if not os.path.exists(path):
         raise FileNotFoundError(f"--resume given but {path} does not exist")
-    return load_checkpoint(path, expect=expect)
+    ckpt = load_checkpoint(path, expect=expect)
+    if int(os.environ.get("RANK", 0)) == 0:
+        truncate_lines(os.path.join(out_dir, "log.jsonl"), lambda line: _logged_step(line) <= ckpt["step"])
+    return ckpt
 
 
 def check_finite(value, name, step, out_dir):
-    """Stop on NaN / inf before it reaches the weights; the last checkpoint on disk stays the last good one."""
+    """Stop on NaN / inf before it reaches the weights; the last checkpoint on disk stays the last good one
+    (save_checkpoint also refuses to save non-finite weights, so the checkpoint on disk is always good).
+    `value` is a float, or a model whose weights are checked (after an optimizer step)."""
+    if isinstance(value, torch.nn.Module):
+        bad = non_finite_entries(value.state_dict())
+        value = float("nan") if bad else 0.0
+        name = f"{name} ({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''})"
     if not math.isfinite(value):
         raise FloatingPointError(f"{name} is {value} at step {step}: stopping. The last good checkpoint is "
                                  f"{resume_path(out_dir)} (if one was written); lower the learning rate and --resume.")
+
+
+def check_out_dir(out_dir, resume, overwrite):
+    """A fresh run into an out_dir holding a checkpoint is refused unless --overwrite true: it would replace that
+    run's checkpoint and, at its first log line, its log. (Resuming: see load_resume.)"""
+    if not resume and not overwrite and os.path.exists(resume_path(out_dir)):
+        raise FileExistsError(f"--out_dir {out_dir} already holds a run ({resume_path(out_dir)}); use --resume "
+                              f"true to continue it, --overwrite true to replace it, or another --out_dir")
+
+
+def _logged_step(line):
+    try:
+        return json.loads(line)["step"]
+    except (ValueError, KeyError, TypeError):
+        return float("inf")  # a damaged line ends the log there
 
 
 class Logger:
@@ -313,10 +357,11 @@ class Logger:
         self.path = os.path.join(out_dir, "log.jsonl")
         self.t0 = time.time()
         self.wandb = None
+        # A fresh run replaces log.jsonl at its first line, not before: a run that stops on bad input first
+        # loses nothing (and prepare_out_dir has refused to start over a run that was not to be replaced).
+        self.mode = "a" if resume else "w"
         if enabled:
             os.makedirs(out_dir, exist_ok=True)
-            if not resume and os.path.exists(self.path):
-                os.remove(self.path)
             if wandb_project:
                 import wandb
                 self.wandb = wandb.init(project=wandb_project, config=run_config)
@@ -325,8 +370,9 @@ class Logger:
         if not self.enabled:
             return
         metrics = {"step": step, "time/elapsed": round(time.time() - self.t0, 2), **metrics}
-        with open(self.path, "a") as f:
+        with open(self.path, self.mode) as f:
             f.write(json.dumps(metrics) + "\n")
+        self.mode = "a"
         parts = [f"step {step}"] + [f"{k} {_fmt(metrics[k])}" for k in line_keys if k in metrics]
         print(" | ".join(parts), flush=True)
         if self.wandb is not None:

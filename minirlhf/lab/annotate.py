@@ -30,6 +30,8 @@ import random
 import sys
 
 from minirlhf.data import PREFERENCE_FIELDS, PROMPT_FIELDS, read_jsonl, write_jsonl
+from minirlhf.files import open_append
+from minirlhf.flags import number
 from minirlhf.lab.gold import gold
 from minirlhf.lab.sampling import Sample, pack, reward_scores, sample_responses
 from minirlhf.lab.world import FAMILIES, parse_prompt
@@ -48,6 +50,9 @@ class SimulatedAnnotator:
     exactly gold, ties skipped); bias > 0 likes filler that gold penalises; `families` (None = all) is the
     coverage: prompts of other families are skipped.
     """
+
+    draws_in_order = True  # its labels come from one random stream: a resumed labelling replays the labels
+    # already saved (label_pairs), so it labels the rest exactly as an uninterrupted run would
 
     def __init__(self, temperature=0.1, flip_rate=0.0, bias=0.0, families=None, seed=0):
         self.temperature, self.flip_rate, self.bias = temperature, flip_rate, bias
@@ -196,20 +201,22 @@ def label_pairs(pairs, labeller, out_path, labeller_name="labeller"):
     new labels that agree with the gold judge (pairs where gold has a strict preference; None if there are
     none): 1.0 for a perfect annotator, 1 - flip_rate for a flipping one, about 0.5 for a coin.
     """
+    f = open_append(out_path)  # drops a label half-written when a run was killed: it is given again below
     done = set()
-    if os.path.exists(out_path) and os.path.getsize(out_path) > 0:
+    if os.path.getsize(out_path) > 0:
         done = {(r["prompt"], *sorted((r["chosen"], r["rejected"]))) for r in read_jsonl(out_path, PREFERENCE_FIELDS)}
     counts = {"labelled": 0, "skipped": 0, "already": 0}
     if hasattr(labeller, "start"):  # a person is told how much work waits
         already = sum((a["prompt"], *sorted((a["response"], b["response"]))) in done for a, b in pairs)
         labeller.start(len(pairs) - already, already)
     agree = disagree = 0
-    os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
-    with open(out_path, "a", encoding="utf-8") as f:
+    with f:
         for a, b in pairs:
             prompt = a["prompt"]
             if (prompt, *sorted((a["response"], b["response"]))) in done:
                 counts["already"] += 1
+                if getattr(labeller, "draws_in_order", False):  # replayed: its random stream stays in step
+                    labeller.label(prompt, a["response"], b["response"], a.get("ended", True), b.get("ended", True))
                 continue
             ended_a, ended_b = a.get("ended", True), b.get("ended", True)
             try:
@@ -239,32 +246,30 @@ def main(argv=None):
     s.add_argument("--ckpt", required=True, help="policy checkpoint (usually the SFT model)")
     s.add_argument("--prompts", required=True, help="prompts JSONL {'prompt'}")
     s.add_argument("--out", required=True, help="samples JSONL to write")
-    s.add_argument("--k", type=int, default=2, help="responses per prompt (>= 2)")
-    s.add_argument("--n_prompts", type=int, default=None, help="use the first n prompts (default: all)")
-    s.add_argument("--temperature", type=float, default=1.0)
-    s.add_argument("--max_new_tokens", type=int, default=32)
-    s.add_argument("--batch_size", type=int, default=64)
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--k", type=number(int, ge=2), default=2, help="responses per prompt (>= 2)")
+    s.add_argument("--n_prompts", type=number(int, ge=1), default=None, help="use the first n prompts (default: all)")
+    s.add_argument("--temperature", type=number(float, gt=0), default=1.0)
+    s.add_argument("--max_new_tokens", type=number(int, ge=1), default=32)
+    s.add_argument("--batch_size", type=number(int, ge=1), default=64)
+    s.add_argument("--seed", type=number(int, ge=0), default=0)
     s.add_argument("--device", default="cpu")
     lab = sub.add_parser("label", help="label pairs of samples, appending to a preferences JSONL")
     lab.add_argument("--samples", required=True, help="samples JSONL written by `sample`")
     lab.add_argument("--out", required=True, help="preferences JSONL to append to (resumes if it exists)")
     lab.add_argument("--labeller", choices=["sim", "gold", "human", "rm"], default="sim",
                      help="sim: simulated annotator; gold: the gold judge itself; human: you; rm: a reward model")
-    lab.add_argument("--temperature", type=float, default=0.1, help="sim: annotator noise (0 = gold)")
-    lab.add_argument("--flip_rate", type=float, default=0.0, help="sim: probability of flipping a label")
-    lab.add_argument("--bias", type=float, default=0.0, help="sim: extra liking for filler (> 0: reward hacking)")
+    lab.add_argument("--temperature", type=number(float, ge=0), default=0.1, help="sim: annotator noise (0 = gold)")
+    lab.add_argument("--flip_rate", type=number(float, ge=0, le=1), default=0.0, help="sim: probability of flipping a label")
+    lab.add_argument("--bias", type=number(float), default=0.0, help="sim: extra liking for filler (> 0: reward hacking)")
     lab.add_argument("--families", default=None,
                      help=f"sim: comma-separated coverage (default all: {','.join(FAMILIES)})")
     lab.add_argument("--rm_ckpt", default=None, help="rm: reward model checkpoint")
-    lab.add_argument("--seed", type=int, default=0)
+    lab.add_argument("--seed", type=number(int, ge=0), default=0)
     args = parser.parse_args(argv)
 
     from minirlhf.training import set_cpu_threads
     set_cpu_threads(0)  # the lab's models are tiny (see set_cpu_threads)
     if args.command == "sample":
-        if args.k < 2:
-            parser.error("--k must be at least 2: a pair needs two responses")
         from minirlhf.checkpoint import load_model
         model, tok, _ = load_model(args.ckpt, expect="gpt", device=args.device)
         prompts = [r["prompt"] for r in read_jsonl(args.prompts, PROMPT_FIELDS)][: args.n_prompts]

@@ -42,6 +42,7 @@ from minirlhf.lab.gold import gold
 from minirlhf.lab.sampling import Sample, batched, reward_scores, sample_responses
 from minirlhf.lab.world import FAMILIES, answer, eval_tasks, family_pool, flawed_content, ideal_response, parse_prompt
 from minirlhf.training import sequence_logprobs
+from minirlhf.flags import number
 
 ROWS = [  # (metric key, label in the table)
     ("gold", "gold score"),
@@ -262,13 +263,13 @@ def main(argv=None):
     parser.add_argument("--rm", default=None, help="reward model checkpoint: adds the proxy score")
     parser.add_argument("--ref", default=None, help="reference (SFT) checkpoint: adds KL to it")
     parser.add_argument("--prompts", default=None, help="prompts JSONL (default: the lab's held-out split)")
-    parser.add_argument("--n_per_family", type=int, default=20, help="default prompts: how many per family")
+    parser.add_argument("--n_per_family", type=number(int, ge=1), default=20, help="default prompts: how many per family")
     parser.add_argument("--pairs", default=None, help="preferences JSONL: also report the RM's accuracy on it")
-    parser.add_argument("--temperature", type=float, default=0.7, help="sampling temperature (0 = greedy)")
-    parser.add_argument("--max_new_tokens", type=int, default=48)
-    parser.add_argument("--batch_size", type=int, default=64)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--show", type=int, default=0, help="print this many sample responses per checkpoint")
+    parser.add_argument("--temperature", type=number(float, ge=0), default=0.7, help="sampling temperature (0 = greedy)")
+    parser.add_argument("--max_new_tokens", type=number(int, ge=1), default=48)
+    parser.add_argument("--batch_size", type=number(int, ge=1), default=64)
+    parser.add_argument("--seed", type=number(int, ge=0), default=0)
+    parser.add_argument("--show", type=number(int, ge=0), default=0, help="print this many sample responses per checkpoint")
     parser.add_argument("--json", default=None, help="also write the table as JSON here")
     parser.add_argument("--plot", nargs="*", default=None,
                         help="PPO log JSONL file(s) to plot gold and proxy vs KL (A,B: the rounds of one run)")

@@ -22,6 +22,7 @@ import os
 import random
 
 from minirlhf.data import write_jsonl
+from minirlhf.flags import number
 from minirlhf.lab.world import (FAMILIES, FILLER_CLOSERS, FILLER_OPENERS, RAMBLES, balanced, demonstrate,
                                 eval_tasks, flawed_content, ideal_response, split_prompts)
 from minirlhf.tokenizer import LAB_TOKENIZER_FILE, train_bpe, write_ranks
@@ -79,14 +80,14 @@ def write_tokenizer(path=LAB_TOKENIZER_FILE, vocab_size=LAB_VOCAB_SIZE):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out_dir", default="data/lab")
-    parser.add_argument("--seed", type=int, default=0, help="the prompt split and the demonstrations")
-    parser.add_argument("--n_sft", type=int, default=6000, help="number of SFT demonstrations")
-    parser.add_argument("--demo_quality", type=float, default=0.6, help="fraction of ideal demonstrations")
-    parser.add_argument("--deference", type=float, default=0.25,
+    parser.add_argument("--seed", type=number(int, ge=0), default=0, help="the prompt split and the demonstrations")
+    parser.add_argument("--n_sft", type=number(int, ge=1), default=6000, help="number of SFT demonstrations")
+    parser.add_argument("--demo_quality", type=number(float, ge=0, le=1), default=0.6, help="fraction of ideal demonstrations")
+    parser.add_argument("--deference", type=number(float, ge=0, le=1), default=0.25,
                         help="how often the demonstrator repeats a wrong user's answer to a sycophancy probe")
-    parser.add_argument("--n_train_prompts", type=int, default=200, help="train prompts per family")
-    parser.add_argument("--n_eval_prompts", type=int, default=20, help="held-out prompts per family")
-    parser.add_argument("--eval_frac", type=float, default=0.2, help="fraction of each family's prompts held out")
+    parser.add_argument("--n_train_prompts", type=number(int, ge=1), default=200, help="train prompts per family")
+    parser.add_argument("--n_eval_prompts", type=number(int, ge=1), default=20, help="held-out prompts per family")
+    parser.add_argument("--eval_frac", type=number(float, gt=0, lt=1), default=0.2, help="fraction of each family's prompts held out")
     parser.add_argument("--write_tokenizer", action="store_true", help=f"rebuild {LAB_TOKENIZER_FILE} and exit")
     args = parser.parse_args(argv)
     if args.write_tokenizer:
