@@ -94,16 +94,17 @@ def test_one_ppo_iteration_matches_a_float64_reference(tmp_path, monkeypatch):
     record, optimizers = {}, []
     monkeypatch.setattr(GPT, "generate", fixed_rollout(record))
     monkeypatch.setattr(train_ppo, "adamw", lambda m, lr: optimizers.append(RecordingSGD(m, lr)) or optimizers[-1])
-    train_ppo.main(parse_args(train_ppo.Args, ["--prompts", str(tmp_path / "prompts.jsonl"), "--eval_prompts", "", "--sft_ckpt",
-                str(tmp_path / "sft.pt"), "--policy_ckpt", str(tmp_path / "policy.pt"), "--rm_ckpt",
-                str(tmp_path / "rm.pt"), "--out_dir", str(tmp_path / "ppo"), "--num_iters", "1", "--batch_size", "8",
-                "--num_minibatches", "2", "--micro_batch_size", "2", "--ppo_epochs", "2", "--max_new_tokens", "5",
-                "--temperature", str(TEMP), "--lr", str(LR), "--value_lr", str(LR), "--kl_coef", str(KL_COEF),
-                "--adaptive_kl", "true", "--target_kl", str(TARGET_KL), "--kl_horizon", "16", "--gamma", str(GAMMA),
-                "--lam", str(LAM), "--clip_range", str(EPS), "--clip_range_value", str(EPS_V),
-                "--no_eos_score", str(NO_EOS), "--grad_clip", "0", "--log_samples", "0", "--seed", str(SEED)]))
+    d = str(tmp_path)
+    train_ppo.main(parse_args(train_ppo.Args, [
+        "--prompts", f"{d}/prompts.jsonl", "--eval_prompts", "", "--sft_ckpt", f"{d}/sft.pt", "--policy_ckpt",
+        f"{d}/policy.pt", "--rm_ckpt", f"{d}/rm.pt", "--out_dir", f"{d}/ppo", "--num_iters", "1", "--batch_size", "8",
+        "--num_minibatches", "2", "--micro_batch_size", "2", "--ppo_epochs", "2", "--max_new_tokens", "5",
+        "--temperature", str(TEMP), "--lr", str(LR), "--value_lr", str(LR), "--kl_coef", str(KL_COEF),
+        "--adaptive_kl", "true", "--target_kl", str(TARGET_KL), "--kl_horizon", "16", "--gamma", str(GAMMA),
+        "--lam", str(LAM), "--clip_range", str(EPS), "--clip_range_value", str(EPS_V), "--no_eos_score", str(NO_EOS),
+        "--grad_clip", "0", "--log_samples", "0", "--seed", str(SEED)]))
 
-    # ---- the reference, part 1: rollout numbers for the tokens main sampled, on float64 copies in eval mode
+    # ---- the reference, part 1: the rollout's numbers, on float64 copies of the models in eval mode
     f64 = lambda model: copy.deepcopy(model).double().eval()  # noqa: E731
     pol, ref, val, rwd = f64(policy), f64(sft), f64(rm), f64(rm)
     tokens, mask = record["tokens"], record["mask"]
