@@ -17,6 +17,7 @@ When a real bug is found, add it here as a mutation: the test that caught it the
 import argparse
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -111,6 +112,7 @@ def main(argv=None):
     parser.add_argument("--list", action="store_true", help="print the list and exit")
     parser.add_argument("--timeout", type=int, default=300, help="seconds per test run (a timeout counts as killed)")
     args = parser.parse_args(argv)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit("mutation_check: stopped"))  # the test run and copy go too
     for file, find, _, _, _ in MUTATIONS:  # fail loudly before running anything
         check_unique(ROOT, file, find)
     chosen = args.only or list(range(1, len(MUTATIONS) + 1))
