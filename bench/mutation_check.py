@@ -60,8 +60,7 @@ MUTATIONS = [
     ("train_ppo.py", "returns = advantages + values  #", "returns = masked_whiten(advantages, response_mask, rt) + values  #",
      "returns from the whitened advantages", PPO),
     ("train_ppo.py", "pg_losses = torch.max(", "pg_losses = torch.min(", "clipped policy loss with min for max", PPO),
-    ("train_ppo.py", "ratio.clamp(1 - args.clip_range, 1 + args.clip_range)",
-     "ratio.clamp(1 - args.clip_range, 1 + 2 * args.clip_range)", "ratio clipped at 1 + 2 eps above", PPO),
+    ("train_ppo.py", "ratio.clamp(1 - args.clip_range, 1 + args.clip_range)", "ratio", "policy ratio never clipped", PPO),
     ("train_ppo.py", "vf_losses = torch.max(", "vf_losses = torch.min(", "clipped value loss with min for max", PPO),
     ("train_ppo.py", "v_clipped = values[idx] +", "v_clipped = returns[idx] +",
      "value clipped around the returns, not the rollout values", PPO),
@@ -110,6 +109,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", type=int, nargs="*", help="run only these mutation numbers (1-based)")
     parser.add_argument("--list", action="store_true", help="print the list and exit")
+    parser.add_argument("--no_baseline", action="store_true", help="skip the run on the unchanged code")
     parser.add_argument("--timeout", type=int, default=300, help="seconds per test run (a timeout counts as killed)")
     args = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit("mutation_check: stopped"))  # the test run and copy go too
@@ -125,10 +125,11 @@ def main(argv=None):
         shutil.copytree(ROOT, root, ignore=shutil.ignore_patterns(
             ".git", "__pycache__", ".pytest_cache", "out", ".venv", "wandb", "*.egg-info"))
         baseline = sorted({t for i in chosen for t in MUTATIONS[i - 1][4]})
-        rc, seconds, out = run_tests(root, baseline, args.timeout * 2)
-        if rc != 0:
-            raise SystemExit(f"mutation_check: the unchanged code fails its tests ({rc}):\n{out}")
-        print(f"unchanged code: {len(baseline)} test targets pass ({seconds:.0f} s)\n")
+        if not args.no_baseline:
+            rc, seconds, out = run_tests(root, baseline, args.timeout * 2)
+            if rc != 0:
+                raise SystemExit(f"mutation_check: the unchanged code fails its tests ({rc}):\n{out}")
+            print(f"unchanged code: {len(baseline)} test targets pass ({seconds:.0f} s)\n")
         print(f"{'#':>3}  {'result':8s} {'time':>6}  {'file':22s} defect")
         killed = 0
         for i in chosen:

@@ -160,8 +160,9 @@ def test_one_ppo_iteration_matches_a_float64_reference(tmp_path, monkeypatch):
             v_clip = old_v[mb] + (v - old_v[mb]).clamp(-EPS_V, EPS_V)
             vf = torch.maximum((v - returns[mb]) ** 2, (v_clip - returns[mb]) ** 2)
             loss = (pg * m).sum() / n_valid + 0.5 * (vf * m).sum() / n_valid  # the minibatch's token mean
-            clipped_low += int(((ratio < 1 - EPS) & (m > 0)).sum())
-            clipped_high += int(((ratio > 1 + EPS) & (m > 0)).sum())
+            # tokens where the clipped term is the one kept (the update stops there): A > 0 above, A < 0 below
+            clipped_high += int(((ratio > 1 + EPS) & (a > 0) & (m > 0)).sum())
+            clipped_low += int(((ratio < 1 - EPS) & (a < 0) & (m > 0)).sum())
             loss.backward()
             for i, (model, opt) in enumerate(((pol, policy_opt), (val, value_opt))):
                 got = torch.cat([g.flatten() for g in opt.grads[step]])
@@ -174,7 +175,7 @@ def test_one_ppo_iteration_matches_a_float64_reference(tmp_path, monkeypatch):
                         p.grad = None
             step += 1
     assert step == len(policy_opt.grads) == 4
-    assert clipped_low > 0 and clipped_high > 0, "the setup must clip on both sides"
+    assert clipped_low > 0 and clipped_high > 0, (clipped_low, clipped_high)  # the setup clips on both sides
 
     # ---- logged numbers: ratio exactly 1 on the first minibatch, the sequence KL, Ziegler's controller
     log = [json.loads(line) for line in open(tmp_path / "ppo" / "log.jsonl")]
