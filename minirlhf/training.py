@@ -155,8 +155,8 @@ def finish_distributed(model, rt):
     """End of a DDP run: verify that every rank holds the same weights (a cheap checksum), then tear down.
 
     The caller first drops its DDP wrappers: each holds the process group, and a group still held after
-    destroy_process_group is destroyed later, at interpreter exit, where gloo's threads can abort the process
-    ("terminate called without an active exception") after a run that went well.
+    destroy_process_group is destroyed whenever its last holder goes (at interpreter exit if a reference cycle
+    holds it), where gloo's threads can abort a run that went well ("terminate called without an active exception").
     """
     if rt.world_size == 1:
         return
