@@ -44,6 +44,8 @@ MUTATIONS = [
      "SFT loss divided by all tokens, not response tokens", REF),
     ("train_sft.py", "loss_mask[i, len(p): len(p) + len(r)] = 1", "loss_mask[i, len(p) + 1: len(p) + len(r)] = 1",
      "SFT loss skips the first response token", REF),
+    ("train_sft.py", "loss = loss_sum / n_tokens * rt.world_size",
+     "loss = loss_sum / loss_mask[:, 1:].sum() / n_micro * rt.world_size", "SFT loss a mean of micro-batch means", REF),
     ("train_rm.py", "-F.logsigmoid(chosen - rejected)", "-F.logsigmoid(rejected - chosen)",
      "Bradley-Terry loss sign flipped", REF),
     ("train_dpo.py", "return -F.logsigmoid(beta * margin)", "return -F.logsigmoid(-beta * margin)",
