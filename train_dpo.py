@@ -231,6 +231,7 @@ def main(args):
         if step % args.ckpt_interval == 0 or step == args.max_steps:
             save_training_checkpoint(rt, args.out_dir, model, stage="dpo", tokenizer_name=tok.name, step=step,
                                      args=args, optimizer=optimizer, loss_type=args.loss, beta=args.beta)
+    del ddp_model  # it holds the process group: released before the teardown
     finish_distributed(model, rt)
 
 

@@ -388,6 +388,7 @@ def main(args):
             save_training_checkpoint(rt, args.out_dir, policy, stage="ppo", tokenizer_name=tok.name, step=it,
                                      args=args, optimizer=policy_opt, kl_coef=kl_coef,
                                      value_model=value_model.state_dict(), value_optimizer=value_opt.state_dict())
+    del policy_ddp, value_ddp  # they hold the process group: released before the teardown
     finish_distributed(policy, rt)
 
 

@@ -208,6 +208,7 @@ def main(args):
     save_training_checkpoint(rt, args.out_dir, model, stage="rm", tokenizer_name=tok.name, step=step, args=args,
                              optimizer=optimizer, reward_mean=mean, reward_std=std, normalised=True,
                              eval_accuracy=evaluate()[1] if evals else None)
+    del ddp_model  # it holds the process group: released before the teardown
     finish_distributed(model, rt)
 
 

@@ -168,6 +168,7 @@ def main(args):
         if step % args.ckpt_interval == 0 or step == args.max_steps:
             save_training_checkpoint(rt, args.out_dir, model, stage="sft", tokenizer_name=tok.name, step=step,
                                      args=args, optimizer=optimizer)
+    del ddp_model  # it holds the process group: released before the teardown
     finish_distributed(model, rt)
 
 

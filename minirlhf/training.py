@@ -6,6 +6,7 @@ The algorithms themselves (SFT, reward model, PPO, DPO) live in the top-level sc
 
 import argparse
 import dataclasses
+import gc
 import json
 import math
 import os
@@ -173,7 +174,12 @@ def all_reduce_mean(x, rt):
 
 
 def finish_distributed(model, rt):
-    """End of a DDP run: verify that every rank holds the same weights (a cheap checksum), then tear down."""
+    """End of a DDP run: verify that every rank holds the same weights (a cheap checksum), then tear down.
+
+    The caller first drops its DDP wrappers: each holds the process group, and a group still held after
+    destroy_process_group is destroyed whenever its last holder goes (at interpreter exit if a reference cycle
+    holds it), where gloo's threads can abort a run that went well ("terminate called without an active exception").
+    """
     if rt.world_size == 1:
         return
     checksum = torch.tensor([sum(p.double().sum().item() for p in model.parameters())], device=rt.device)
@@ -184,6 +190,7 @@ def finish_distributed(model, rt):
         raise RuntimeError(f"ranks out of sync: weight checksums {values}")
     if rt.master:
         print(f"ranks in sync: {rt.world_size} ranks, weight checksum {values[0]:.10g}")
+    gc.collect()  # whatever still holds the group through a reference cycle goes now, not at exit
     dist.barrier()  # no rank tears its communicator down while another still uses it
     dist.destroy_process_group()
 
