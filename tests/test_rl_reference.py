@@ -72,7 +72,8 @@ def test_bradley_terry_loss_is_minus_log_sigmoid_of_the_margin():
     rm64 = copy.deepcopy(rm).double()
     pairs = [([1, 2, 3, 4, EOT], [1, 2, 5, EOT], ""), ([6, 7, EOT], [6, 8, 9, 10, 11, EOT], ""),
              ([12, 13, 14, EOT], [12, 15, EOT], "")]
-    loss_sum, n, right = train_rm.bradley_terry(rm, *train_rm.make_batch(pairs, "cpu", PAD))
+    batch = train_rm.make_batch([(([], c), ([], r), prompt) for c, r, prompt in pairs], "cpu", PAD)  # data.load_pairs' shape
+    loss_sum, n, right = train_rm.bradley_terry(rm, *batch)
     reward = lambda seq: rm64(torch.tensor([seq]))[0, -1].item()  # noqa: E731  the last token of an unpadded row
     margins = [reward(c) - reward(r) for c, r, _ in pairs]
     want = sum(math.log1p(math.exp(-d)) for d in margins)  # -log sigmoid(d)
