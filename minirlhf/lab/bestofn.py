@@ -32,6 +32,7 @@ n (the empirical distribution has at most N atoms): read it for n << N.
 import argparse
 import json
 import math
+import os
 from collections import Counter
 
 from minirlhf.lab.gold import gold
@@ -210,6 +211,7 @@ def main(argv=None):
         best = g[max(range(ns[-1]), key=p.__getitem__)]
         print(f"  {best.prompt!r} -> {best.text!r}  gold {gold(best.prompt, best.text, best.ended).score:+.2f}")
     if args.json:
+        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         with open(args.json, "w") as f:
             json.dump({"ckpt": args.ckpt, "scorer": args.rm, "n_samples": N, "temperature": args.temperature,
                        "n_prompts": len(prompts), "seed": args.seed, "curve": rows}, f, indent=2)
