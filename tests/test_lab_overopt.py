@@ -40,6 +40,16 @@ def test_exact_data_fit_exactly():
     assert got["d_peak"] == pytest.approx(math.exp(0.7 / 0.3 - 1))
 
 
+@pytest.mark.parametrize("form", ["bon", "rl"])
+def test_fit_with_intercept_recovers_the_start(form):
+    rng = random.Random(1)
+    ds = [0.1 + 0.05 * i for i in range(50)]
+    rs = [0.65 + true_curve(form, 0.5, 0.4, d) + rng.gauss(0, 0.01) for d in ds]
+    got = fit(form, ds, rs, intercept=True)
+    assert (got["r0"], got["alpha"], got["beta"]) == pytest.approx((0.65, 0.5, 0.4), rel=0.05)
+    assert fit(form, ds, rs)["r0"] == 0.0
+
+
 def test_no_turn_no_peak():
     ds = [0.5, 1.0, 1.5, 2.0]
     got = fit("bon", ds, [0.4 * d + 0.1 * d * d for d in ds])  # gold still accelerating: beta < 0

@@ -7,7 +7,9 @@ Over-optimisation. R is the gold gained over the SFT policy: gold minus the SFT'
 points are at d = sqrt(analytic KL) (as in Gao et al.), the measured-KL fit beside it. A PPO log holds one
 line per iteration with the KL and gold of that iteration's own rollouts (training prompts, one batch: noisy),
 so iterations are averaged in bins of `BIN` before fitting R_RL; each run is fitted alone, and all kl_coefs of
-one reward model together (Gao et al.: the KL penalty does not move the gold-vs-KL frontier).
+one reward model together (Gao et al.: the KL penalty does not move the gold-vs-KL frontier). The PPO fits also
+fit the start r0 (overopt.fit(intercept=True)): the rollouts are on training prompts, on which the SFT model was
+trained, and its gold there is known only from the first iteration's single batch.
 """
 
 import json
@@ -40,9 +42,9 @@ def _ppo_points(log_path):
     return pts
 
 
-def _safe_fit(form, ds, rs):
+def _safe_fit(form, ds, rs, intercept=False):
     try:
-        return fit(form, ds, rs)
+        return fit(form, ds, rs, intercept)
     except ValueError as e:
         return {"error": str(e)}
 
@@ -71,16 +73,17 @@ def overoptimisation(out, P):
                 continue
             pts = _ppo_points(log)
             d = [math.sqrt(max(p["kl"], 0)) for p in pts]
-            r = [p["gold"] - g0 for p in pts]
+            r = [p["gold"] for p in pts]
             keep = [i for i, x in enumerate(d) if x > 0]
             pooled_d += [d[i] for i in keep]
             pooled_r += [r[i] for i in keep]
             kl_best, g_best = measured_peak([p["kl"] for p in pts], [p["gold"] for p in pts])
-            entry["ppo"][f"{kl_coef:g}"] = {"points": pts, "fit": _safe_fit("rl", [d[i] for i in keep], [r[i] for i in keep]),
+            entry["ppo"][f"{kl_coef:g}"] = {"points": pts, "fit": _safe_fit("rl", [d[i] for i in keep], [r[i] for i in keep], True),
+                                            "fit_sft_start": _safe_fit("rl", [d[i] for i in keep], [r[i] - g0 for i in keep]),
                                             "measured_peak": {"kl": kl_best, "gold": g_best},
                                             "final": pts[-1] if pts else None}
         if len(pooled_d) >= 2:
-            entry["ppo_pooled_fit"] = _safe_fit("rl", pooled_d, pooled_r)
+            entry["ppo_pooled_fit"] = _safe_fit("rl", pooled_d, pooled_r, True)
         res[rm] = entry
     return res
 
@@ -159,18 +162,21 @@ def _fmt(v, nd=3):
 def markdown(study, LEFT_OUT):
     lines = [f"# The lab as an instrument: preset `{study['preset']}`", "",
              f"Seeds {study['seeds']}; wall time of this invocation {study['wall_s']} s.", "", "## Over-optimisation", ""]
-    lines += ["| proxy RM | policy | alpha | beta | R^2 | fitted gold-peak KL (nats) | measured best: KL, gold |",
-              "|---|---|---|---|---|---|---|"]
+    lines += ["| proxy RM | policy | alpha | beta | start r0 | R^2 | fitted gold-peak KL (nats) | measured best: KL, gold |",
+              "|---|---|---|---|---|---|---|---|"]
     for rm, e in study["overopt"].items():
         def row(name, f, mp):
             if "error" in f:
-                return f"| {rm} | {name} | {f['error']} | | | | |"
-            return (f"| {rm} | {name} | {f['alpha']:.3f} | {f['beta']:.3f} | {f['r2']:.3f} | {_fmt(f['kl_peak'], 2)} | "
+                return f"| {rm} | {name} | {f['error']} | | | | | |"
+            start = f"{f['r0']:.3f} (fitted)" if f["r0"] else f"{e['sft_gold']:.3f} (SFT)"
+            return (f"| {rm} | {name} | {f['alpha']:.3f} | {f['beta']:.3f} | {start} | {f['r2']:.3f} | "
+                    f"{_fmt(f['kl_peak'], 2)} | "
                     + (f"{mp['kl']:.2f}, {mp['gold']:.3f} |" if mp else "|"))
         lines.append(row("best-of-n (analytic KL)", e["bon"]["fit"], e["bon"]["measured_peak"]))
         lines.append(row("best-of-n (measured KL)", e["bon"]["fit_measured_kl"], None))
         for kl, r in e["ppo"].items():
             lines.append(row(f"PPO beta {kl}", r["fit"], r["measured_peak"]))
+            lines.append(row(f"PPO beta {kl}, start = SFT's held-out gold", r["fit_sft_start"], None))
         if "ppo_pooled_fit" in e:
             lines.append(row("PPO, all betas pooled", e["ppo_pooled_fit"], None))
     lines += ["", f"SFT gold (best-of-1): " + ", ".join(f"{rm} {e['sft_gold']:.3f}" for rm, e in study["overopt"].items()),
@@ -228,7 +234,8 @@ def figures(out, study):
         for i, (kl, r) in enumerate(e["ppo"].items()):
             pts, c = r["points"], f"C{i}"
             d = [math.sqrt(max(p["kl"], 0)) for p in pts]
-            ax_g.plot(d, [p["gold"] - e["sft_gold"] for p in pts], ".", color=c, alpha=0.7, label=f"PPO beta {kl} gold")
+            r0 = r["fit"].get("r0", e["sft_gold"])  # PPO: gold minus its fitted start
+            ax_g.plot(d, [p["gold"] - r0 for p in pts], ".", color=c, alpha=0.7, label=f"PPO beta {kl} gold")
             ax_p.plot(d, [p["proxy"] - pts[0]["proxy"] for p in pts], ".--", color=c, alpha=0.7, label=f"PPO beta {kl} proxy")
             if "alpha" in r["fit"] and d:
                 grid = [max(d) * (k + 1) / 100 for k in range(100)]
