@@ -7,9 +7,10 @@ Over-optimisation. R is the gold gained over the SFT policy: gold minus the SFT'
 points are at d = sqrt(analytic KL) (as in Gao et al.), the measured-KL fit beside it. A PPO log holds one
 line per iteration with the KL and gold of that iteration's own rollouts (training prompts, one batch: noisy),
 so iterations are averaged in bins of `BIN` before fitting R_RL; each run is fitted alone, and all kl_coefs of
-one reward model together (Gao et al.: the KL penalty does not move the gold-vs-KL frontier). The PPO fits also
-fit the start r0 (overopt.fit(intercept=True)): the rollouts are on training prompts, on which the SFT model was
-trained, and its gold there is known only from the first iteration's single batch.
+one reward model together (Gao et al.: the KL penalty does not move the gold-vs-KL frontier). The PPO fits take
+the same start (the SFT's held-out gold); a second fit also fits the start r0 (overopt.fit(intercept=True)), as
+the rollouts are on training prompts, on which the SFT model was trained, and its gold there is known only from
+the first iteration's single batch.
 """
 
 import json
@@ -78,12 +79,12 @@ def overoptimisation(out, P):
             pooled_d += [d[i] for i in keep]
             pooled_r += [r[i] for i in keep]
             kl_best, g_best = measured_peak([p["kl"] for p in pts], [p["gold"] for p in pts])
-            entry["ppo"][f"{kl_coef:g}"] = {"points": pts, "fit": _safe_fit("rl", [d[i] for i in keep], [r[i] for i in keep], True),
-                                            "fit_sft_start": _safe_fit("rl", [d[i] for i in keep], [r[i] - g0 for i in keep]),
+            entry["ppo"][f"{kl_coef:g}"] = {"points": pts, "fit": _safe_fit("rl", [d[i] for i in keep], [r[i] - g0 for i in keep]),
+                                            "fit_free_start": _safe_fit("rl", [d[i] for i in keep], [r[i] for i in keep], True),
                                             "measured_peak": {"kl": kl_best, "gold": g_best},
                                             "final": pts[-1] if pts else None}
         if len(pooled_d) >= 2:
-            entry["ppo_pooled_fit"] = _safe_fit("rl", pooled_d, pooled_r, True)
+            entry["ppo_pooled_fit"] = _safe_fit("rl", pooled_d, [x - g0 for x in pooled_r])
         res[rm] = entry
     return res
 
@@ -176,7 +177,7 @@ def markdown(study, LEFT_OUT):
         lines.append(row("best-of-n (measured KL)", e["bon"]["fit_measured_kl"], None))
         for kl, r in e["ppo"].items():
             lines.append(row(f"PPO beta {kl}", r["fit"], r["measured_peak"]))
-            lines.append(row(f"PPO beta {kl}, start = SFT's held-out gold", r["fit_sft_start"], None))
+            lines.append(row(f"PPO beta {kl}, start fitted", r["fit_free_start"], None))
         if "ppo_pooled_fit" in e:
             lines.append(row("PPO, all betas pooled", e["ppo_pooled_fit"], None))
     lines += ["", f"SFT gold (best-of-1): " + ", ".join(f"{rm} {e['sft_gold']:.3f}" for rm, e in study["overopt"].items()),
@@ -234,9 +235,8 @@ def figures(out, study):
         for i, (kl, r) in enumerate(e["ppo"].items()):
             pts, c = r["points"], f"C{i}"
             d = [math.sqrt(max(p["kl"], 0)) for p in pts]
-            r0 = r["fit"].get("r0", e["sft_gold"])  # PPO: gold minus its fitted start
-            ax_g.plot(d, [p["gold"] - r0 for p in pts], ".", color=c, alpha=0.7, label=f"PPO beta {kl} gold")
-            ax_p.plot(d, [p["proxy"] - pts[0]["proxy"] for p in pts], ".--", color=c, alpha=0.7, label=f"PPO beta {kl} proxy")
+            ax_g.plot(d, [p["gold"] - e["sft_gold"] for p in pts], ".", color=c, alpha=0.7, label=f"PPO beta {kl} gold")
+            ax_p.plot(d, [p["proxy"] - pts[0]["proxy"] for p in pts], ".", color=c, alpha=0.7, label=f"PPO beta {kl} proxy")
             if "alpha" in r["fit"] and d:
                 grid = [max(d) * (k + 1) / 100 for k in range(100)]
                 ax_g.plot(grid, [predict("rl", r["fit"]["alpha"], r["fit"]["beta"], x) for x in grid], "-", color=c, lw=1,
