@@ -148,7 +148,6 @@ def tax(out, P):
                 if name.startswith(prefix):
                     kl = name[len(prefix):]
                     cols[f"PPO beta {kl.replace('_long', '')}" + (" (long)" if kl.endswith("_long") else "")] = m
-    dpo = f"{out}/dpo/log.jsonl"
     return cols
 
 
