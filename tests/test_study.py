@@ -1,0 +1,46 @@
+"""study.py end to end, shrunk to seconds: the `tiny` preset (tiny model, a few steps per stage, one reward
+model) runs every kind of stage (lab data, SFT, sampling, gold and simulated labels, RM, best-of-n, PPO, DPO,
+evaluation) in two lanes, writes study.json, report.md and both figures, and a rerun skips every stage.
+
+    python -m pytest tests/test_study.py -q
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def study(out):
+    cmd = [sys.executable, "study.py", "--preset", "tiny", "--model", "tiny", "--out_dir", str(out)]
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return done.stdout
+
+
+def test_tiny_study_end_to_end_and_rerun(tmp_path):
+    out = tmp_path / "study"
+    study(out)
+    result = json.loads((out / "study.json").read_text())
+    markers = os.listdir(out / "stages")
+    assert len(markers) == 13 and all(json.loads((out / "stages" / m).read_text())["state"] == "done" for m in markers)
+
+    bon = result["overopt"]["clean"]["bon"]
+    assert [r["n"] for r in bon["curve"]] == [1, 2, 4]
+    assert bon["curve"][0]["kl_measured"] == 0.0 and bon["curve"][0]["gold"] == result["overopt"]["clean"]["sft_gold"]
+    assert all(0 <= r["kl_measured"] <= r["kl_analytic"] + 1e-9 for r in bon["curve"])  # ties only lower the KL
+    assert {"alpha", "beta", "r2", "kl_peak"} <= set(bon["fit"])
+    assert list(result["overopt"]["clean"]["ppo"]) == ["0"]  # the long PPO run, beta 0, read from its log
+
+    (baseline,) = result["levers"]
+    assert baseline["lever"] == "baseline" and 0 <= baseline["rm_accuracy"] <= 1 and baseline["kl"] is not None
+    assert {"SFT", "DPO", "BoN1", "PPO beta 0.1", "PPO beta 0 (long)"} <= set(result["tax"])
+    assert result["tax"]["SFT"]["kl"] == 0.0 and 1 <= result["tax"]["SFT"]["diversity"] <= 2
+    report = (out / "report.md").read_text()
+    assert "## The four levers" in report and "## The alignment tax" in report
+    assert (out / "overopt.png").stat().st_size > 1000 and (out / "levers.png").stat().st_size > 1000
+
+    again = study(out)
+    assert again.count("(done earlier: skipped)") == 13
