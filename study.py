@@ -37,8 +37,8 @@ from minirlhf.stages import Stage, run_stages
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 PRESETS = {  # quick: one seed of the levers, shorter runs; full: three seeds
-    "quick": dict(seeds=[0], sft_steps=600, label_prompts=600, few_prompts=60, rm_steps=200, bon_samples=128,
-                  bon_ns=[1, 2, 4, 8, 16, 32, 64], oo_iters=100, oo_batch=32,
+    "quick": dict(seeds=[0], sft_steps=600, label_prompts=600, few_prompts=60, rm_steps=200, bon_samples=96,
+                  bon_ns=[1, 2, 4, 8, 16, 32, 64], oo_iters=80, oo_batch=32,
                   oo_runs=[("flip25", 0.0), ("flip25", 0.05), ("clean", 0.0)], lever_iters=30, lever_batch=32,
                   tax_k=8, dpo_steps=150),
     "full": dict(seeds=[0, 1, 2], sft_steps=1000, label_prompts=1200, few_prompts=60, rm_steps=300,
