@@ -34,7 +34,7 @@ MUTATIONS = [
      "log-probs one position off: logits at t score token t", REF + PPO),
     ("minirlhf/training.py", "kernels.logprobs(logits, targets, temperature=temperature,",
      "kernels.logprobs(logits, targets, temperature=1.0,", "log-probs ignore the sampling temperature", REF + PPO),
-    ("minirlhf/training.py", "last = T - 1 - mask.long().flip(1).argmax(1)", "last = mask.long().argmax(1)",
+    ("minirlhf/training.py", "last = tail.size(1) - 1 - tail.flip(1).argmax(1)", "last = tail.argmax(1)",
      "reward read at the first real token instead of the last", PPO),
     ("minirlhf/model.py", 'logits[:, pad_token_id] = float("-inf")', "logits[:, pad_token_id] += 0.0",
      "pad token left samplable in generate()", REF),
