@@ -8,7 +8,7 @@ width 128, 4 heads, vocabulary 512, random weights; 64 rollouts of 24 prompt + 2
 iteration, temperature 0.7, 4 PPO epochs x 4 minibatches, separate policy / reference / reward / value models,
 fp32. Seconds per PPO iteration are the median over the timed iterations after one warm-up iteration, and
 the median of that over --rounds alternating runs of each.
-TRL needs its own environment (trl==1.12.0, the last release with PPOTrainer); see shared/peers/README.md.
+TRL needs its own environment (trl==1.12.0, the last release with PPOTrainer); the harness is bench/peers/trl_ppo.py.
 Results: a table on stdout and bench/results/ppo_vs_trl_<device>.json.
 """
 
@@ -69,7 +69,9 @@ def run_ours(args, workdir):
         "--num_iters", str(args.iters + 1), "--batch_size", "64", "--num_minibatches", "4",
         "--micro_batch_size", "16", "--ppo_epochs", "4", "--max_prompt_len", str(args.prompt_len),
         "--max_new_tokens", str(args.response_len), "--temperature", "0.7", "--lr", "3e-6",
-        "--kl_coef", "0.05", "--ckpt_interval", "100000", "--log_samples", "0", "--device", "cpu"])
+        "--kl_coef", "0.05", "--ckpt_interval", "100000", "--log_samples", "0", "--device", "cpu",
+        "--exact_kl", "false",  # a lab diagnostic TRL does not compute
+        "--threads", str(args.threads)])  # TRL's thread count (ours would pick 1 for a model this small)
     t0 = time.perf_counter()
     train_ppo.main(ppo_args)
     wall = time.perf_counter() - t0
@@ -86,7 +88,7 @@ def run_ours(args, workdir):
 
 def run_trl(args):
     cmd = [args.trl_python, args.trl_script, "--vocab", str(args.vocab), "--iters", str(args.iters),
-           "--prompt_len", str(args.prompt_len), "--response_len", str(args.response_len)]
+           "--prompt_len", str(args.prompt_len), "--response_len", str(args.response_len), "--threads", str(args.threads)]
     print("$ " + " ".join(cmd), flush=True)
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
@@ -102,7 +104,8 @@ def main():
     p.add_argument("--prompt_len", type=int, default=24)
     p.add_argument("--response_len", type=int, default=24)
     p.add_argument("--trl_python", default=os.environ.get("TRL_PYTHON", sys.executable))
-    p.add_argument("--trl_script", default=os.path.join(here, "..", "..", "shared", "peers", "trl_ppo.py"))
+    p.add_argument("--trl_script", default=os.path.join(here, "peers", "trl_ppo.py"))
+    p.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch threads, ours and TRL's")
     p.add_argument("--skip_trl", action="store_true")
     p.add_argument("--rounds", type=int, default=3, help="alternating rounds of ours and TRL; medians are reported")
     p.add_argument("--out", default=os.path.join(here, "results", "ppo_vs_trl_cpu.json"))
