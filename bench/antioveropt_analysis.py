@@ -1,0 +1,152 @@
+"""The analysis half of bench/bench_antioveropt.py: logs of the runs -> tables, one JSON, one figure.
+
+Definitions (stated once, used for every table):
+  gold curve      lab/gold (the gold judge on the iteration's own 64 rollouts), smoothed by a centred moving
+                  average of SMOOTH iterations; its argmax is the gold peak
+  over-optimised  the smoothed gold at the end lies at least DROP below the smoothed peak
+  sqrt(KL)        sqrt of objective/kl, the sequence KL to the SFT model (nats), smoothed the same way
+  firing          minirlhf.monitor.first_firing with z = Z_FIRE: the signal, z-scored against its first 10
+                  iterations, stays past Z_FIRE in its hacking direction for 3 iterations in a row
+  lead time       gold-peak iteration - firing iteration (> 0: it warned before gold started to fall)
+  false alarm     a signal that fires on a run that is not over-optimised
+"""
+
+import json
+import math
+import os
+import platform
+import time
+
+from minirlhf.monitor import SIGNALS, first_firing
+
+SMOOTH, DROP, Z_FIRE = 11, 0.03, 3.0
+
+
+def smooth(xs, w=SMOOTH):
+    h = w // 2
+    return [sum(xs[max(0, i - h): i + h + 1]) / len(xs[max(0, i - h): i + h + 1]) for i in range(len(xs))]
+
+
+def read_log(path):
+    return [json.loads(line) for line in open(path)]
+
+
+def summarise(stage, log):
+    gold = smooth([r["lab/gold"] for r in log])
+    kl = smooth([max(r["objective/kl"], 0.0) for r in log])
+    peak = max(range(len(gold)), key=gold.__getitem__)
+    last = log[-10:]
+    row = {**stage.meta, "name": stage.name.split()[-1], "iters": len(log),
+           "gold_start": gold[0], "gold_peak": gold[peak], "peak_iter": peak + 1, "gold_end": gold[-1],
+           "sqrt_kl_at_peak": math.sqrt(kl[peak]), "sqrt_kl_end": math.sqrt(kl[-1]),
+           "proxy_end": sum(r["objective/rm_score"] for r in last) / len(last),
+           "kl_end": sum(r["objective/kl"] for r in last) / len(last),
+           "seconds": log[-1]["time/elapsed"]}
+    row["over_optimised"] = row["gold_peak"] - row["gold_end"] >= DROP
+    row["curve"] = {"iter": [r["step"] for r in log], "gold": gold, "sqrt_kl": [math.sqrt(k) for k in kl],
+                    "proxy": smooth([r["objective/rm_score"] for r in log]), "seconds": [r["time/elapsed"] for r in log]}
+    row["firing"] = {}
+    for signal, direction in SIGNALS.items():
+        if all(signal in r for r in log):
+            fired = first_firing([r[signal] for r in log], Z_FIRE, direction)
+            row["firing"][signal] = None if fired is None else fired + 1  # 1-based iteration, as logged
+    return row
+
+
+def at(curve, key, x, value="gold"):
+    """The smoothed `value` at the first point where curve[key] reaches x (None if it never does)."""
+    for k, v in zip(curve[key], curve[value]):
+        if k >= x:
+            return v
+    return None
+
+
+def signal_table(rows):
+    over = [r for r in rows if r["over_optimised"]]
+    calm = [r for r in rows if not r["over_optimised"]]
+    table = {}
+    for signal in SIGNALS:
+        o = [r for r in over if signal in r["firing"]]
+        c = [r for r in calm if signal in r["firing"]]
+        if not o and not c:
+            continue
+        leads = [r["peak_iter"] - r["firing"][signal] for r in o if r["firing"][signal] is not None]
+        table[signal] = {"over_runs": len(o), "fired": len(leads),
+                         "median_lead": sorted(leads)[len(leads) // 2] if leads else None,
+                         "warned_before_peak": sum(x > 0 for x in leads),
+                         "calm_runs": len(c), "false_alarms": sum(r["firing"][signal] is not None for r in c)}
+    return table
+
+
+def analyse(out, stages, json_path, plot_path):
+    rows = []
+    for st in stages:
+        path = f"{st.resume_dir}/log.jsonl"
+        if os.path.exists(path) and len(read_log(path)) >= 20:
+            rows.append(summarise(st, read_log(path)))
+    print(f"{'run':<34}{'iters':>6}{'gold0':>7}{'peak':>7}{'@it':>5}{'end':>7}{'sqrtKL*':>8}{'sqrtKL':>7}{'proxy':>7}{'sec':>6}  over")
+    for r in rows:
+        print(f"{r['name']:<34}{r['iters']:>6}{r['gold_start']:>7.3f}{r['gold_peak']:>7.3f}{r['peak_iter']:>5}{r['gold_end']:>7.3f}"
+              f"{r['sqrt_kl_at_peak']:>8.2f}{r['sqrt_kl_end']:>7.2f}{r['proxy_end']:>7.2f}{r['seconds']:>6.0f}  {r['over_optimised']}")
+    # critic-free against PPO on the noisy labels: equal wall time and equal KL, per seed
+    algos = {}
+    for r in rows:
+        if r["noise"] == "flip" and r["agg"] == "single" and r["kl_coef"] == 0.0:
+            algos.setdefault(r["seed"], {})[r["algo"]] = r
+    compare = []
+    for seed, by in sorted(algos.items()):
+        if len(by) < 2:
+            continue
+        t = min(r["curve"]["seconds"][-1] for r in by.values())
+        k = min(r["curve"]["sqrt_kl"][-1] for r in by.values())
+        for algo, r in by.items():
+            compare.append({"seed": seed, "algo": algo, "equal_time_s": t, "gold_at_equal_time": at(r["curve"], "seconds", t),
+                            "proxy_at_equal_time": at(r["curve"], "seconds", t, "proxy"),
+                            "sqrt_kl_at_equal_time": at(r["curve"], "seconds", t, "sqrt_kl"),
+                            "equal_sqrt_kl": k, "gold_at_equal_kl": at(r["curve"], "sqrt_kl", k),
+                            "gold_peak": r["gold_peak"], "sec_per_iter": r["seconds"] / r["iters"]})
+    for c in compare:
+        print(f"seed {c['seed']} {c['algo']:<5} gold@{c['equal_time_s']:.0f}s {c['gold_at_equal_time']:.3f} "
+              f"(sqrtKL {c['sqrt_kl_at_equal_time']:.2f})  gold@sqrtKL {c['equal_sqrt_kl']:.2f} {c['gold_at_equal_kl']:.3f}  "
+              f"peak {c['gold_peak']:.3f}  {c['sec_per_iter']:.2f} s/iter")
+    signals = signal_table(rows)
+    for s, v in signals.items():
+        print(f"{s:<26} fired {v['fired']}/{v['over_runs']} over-optimised runs, median lead {v['median_lead']}, "
+              f"before the peak {v['warned_before_peak']}; false alarms {v['false_alarms']}/{v['calm_runs']}")
+    result = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": platform.platform(),
+              "note": "2 CPU cores shared with other jobs: seconds are noisy", "smooth": SMOOTH, "drop": DROP,
+              "z_fire": Z_FIRE, "runs": rows, "algorithms": compare, "signals": signals}
+    os.makedirs(os.path.dirname(json_path), exist_ok=True)
+    with open(json_path, "w") as f:
+        json.dump(result, f, indent=1)
+    plot(rows, plot_path)
+    print(f"wrote {json_path} and {plot_path}")
+    return result
+
+
+def plot(rows, path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.6))
+    colours = {"single": "k", "mean": "tab:blue", "min": "tab:red", "uwo": "tab:green",
+               "ppo": "k", "rloo": "tab:orange", "grpo": "tab:purple"}
+    for r in rows:
+        c = r["curve"]
+        if r["algo"] == "ppo" and r["kl_coef"] == 0.0 and r["seed"] == 0:
+            style = "-" if r["noise"] == "flip" else "--"
+            axes[0].plot(c["sqrt_kl"], c["gold"], style, color=colours[r["agg"]], label=f"{r['agg']}, {r['noise']}")
+        if r["noise"] == "flip" and r["agg"] == "single" and r["kl_coef"] == 0.0:
+            lab = r["algo"] if r["seed"] == 0 else None
+            axes[1].plot(c["sqrt_kl"], c["gold"], color=colours[r["algo"]], label=lab, alpha=0.8)
+            axes[2].plot(c["seconds"], c["gold"], color=colours[r["algo"]], label=lab, alpha=0.8)
+    axes[0].set_title("PPO, kl_coef 0: reward model vs ensembles\n(solid: 25 % flipped labels, dashed: clean)")
+    axes[1].set_title("PPO vs RLOO vs GRPO, 25 % flipped labels")
+    axes[2].set_title("the same against wall time (noisy: shared CPU)")
+    for ax, xl in zip(axes, ("sqrt(KL to SFT)  (nats^0.5)", "sqrt(KL to SFT)  (nats^0.5)", "seconds")):
+        ax.set_xlabel(xl)
+        ax.set_ylabel("gold (smoothed, 11 iterations)")
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
