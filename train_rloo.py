@@ -10,7 +10,7 @@ runs GAE; here every prompt is sampled group_size (k) times and each response is
 
   RLOO (Ahmadian et al. 2024, "Back to Basics"): the KL penalty is folded into the sequence reward,
       R_i = score_i - kl_coef * sum_t (log pi - log pi_ref),   A_i = R_i - (1 / (k - 1)) sum_{j != i} R_j
-      (the leave-one-out mean of the other k - 1 samples is an unbiased baseline: it does not depend on i).
+      (the mean of the other k - 1 samples does not depend on response i, so as a baseline it adds no bias).
   GRPO (Shao et al. 2024, DeepSeekMath): the score alone, normalised within the group,
       A_i = (score_i - mean_j score_j) / (std_j score_j + eps),
       and the KL to the reference as a loss term, kl_coef * k3 per token, with the k3 estimator

@@ -150,3 +150,36 @@ def plot(rows, path):
         ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
+
+
+def bon_study(out, json_path, ns=(1, 2, 4, 8, 16, 32, 64), n_per_family=20, seed=0):
+    """Best-of-n against one reward model and the ensembles' mean / min / uwo, clean and noisy labels.
+
+    One set of max(ns) SFT samples per held-out prompt (minirlhf.lab.bestofn), each scored once by every
+    member (EnsembleScorer, no_eos_score for an unfinished response as in PPO); the aggregates are taken on
+    those scores (minirlhf.ensemble.aggregate), so every curve ranks the same samples."""
+    import torch
+
+    from minirlhf.checkpoint import load_model
+    from minirlhf.ensemble import EnsembleScorer, aggregate
+    from minirlhf.lab.bestofn import bon_curve, sample_groups, score_groups
+    from minirlhf.lab.world import eval_tasks
+    model, tok, _ = load_model(f"{out}/sft/ckpt.pt", expect="gpt")
+    prompts = [t.prompt for t in eval_tasks(seed, n_per_family)]
+    groups = sample_groups(model, tok, prompts, max(ns), temperature=0.7, max_new_tokens=32, batch_size=256, seed=seed)
+    result = {"n_prompts": len(prompts), "n_samples": max(ns), "seed": seed, "curves": {}}
+    for noise in ("flip", "clean"):
+        if not all(os.path.exists(f"{out}/rm_{noise}{s}/ckpt.pt") for s in range(4)):
+            print(f"best-of-n: skipping {noise} (its four reward models are not all trained)")
+            continue
+        members = [torch.tensor(score_groups(EnsembleScorer(load_model(f"{out}/rm_{noise}{s}/ckpt.pt", expect="scalar")[0], tok), groups))
+                   for s in range(4)]  # (prompts, N) each
+        scores = torch.stack(members)  # (k, prompts, N)
+        for agg in ("single", "mean", "min", "uwo"):
+            proxy = scores[0] if agg == "single" else aggregate(scores, agg, 0.5)
+            rows = bon_curve(groups, proxy.tolist(), list(ns))
+            result["curves"][f"{noise}/{agg}"] = rows
+            print(f"best-of-n {noise:<5} {agg:<6} " + "  ".join(f"n={r['n']} {r['gold']:.3f}" for r in rows))
+    with open(json_path, "w") as f:
+        json.dump(result, f, indent=1)
+    return result

@@ -9,6 +9,8 @@ by minirlhf/stages.py and skipped on a rerun, so a stopped bench resumes):
   prep     lab data, SFT (small preset), two sets of SFT samples (seed 0 for the training reward models, seed 1
            for the held-out monitor), each labelled twice: clean (flip 0) and noisy (25 % of labels flipped)
   rms      for each label set, K reward models (seeds 0..K-1, same pairs) and one monitor (seed 100, the other pairs)
+  bon      best-of-n (n = 1..64 from 64 SFT samples per held-out prompt) against one reward model and the
+           ensembles' mean / min / uwo, clean and noisy labels
   runs     PPO against a single reward model and against the mean / min (WCO) / UWO of the ensemble, with and
            without flipped labels, at kl_coef 0 (built to over-optimise); PPO at kl_coef 0.2 on clean labels
            (not over-optimising: the false-alarm runs); RLOO and GRPO beside PPO on the noisy labels
@@ -53,7 +55,7 @@ def prep_stages(out, a):
     return st
 
 
-def rm_stage(out, noise, seed, monitor=False, steps=200):
+def rm_stage(out, noise, seed, monitor=False, steps=150):
     tag = "_monitor" if monitor else ""
     rm_dir = f"{out}/rm_{noise}{'_monitor' if monitor else seed}"
     return Stage(f"rm {rm_dir}", [
@@ -107,11 +109,11 @@ def run_parallel(stages, out, jobs):
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out_dir", default="out/antioveropt")
-    p.add_argument("--phase", default="all", choices=["all", "prep", "rms", "runs", "analyse"])
+    p.add_argument("--phase", default="all", choices=["all", "prep", "rms", "bon", "runs", "analyse"])
     p.add_argument("--jobs", type=int, default=2)
     p.add_argument("--iters", type=int, default=80)
     p.add_argument("--seeds", type=int, default=1)
-    p.add_argument("--only", default="", help="comma-separated run names to run (default all)")
+    p.add_argument("--only", default="", help="comma-separated output folder names (rm_flip0, ppo_flip_min_s0, ...) to run")
     p.add_argument("--json", default="bench/results/antioveropt_cpu.json")
     p.add_argument("--plot", default="bench/results/antioveropt_cpu.png")
     a = p.parse_args()
@@ -119,12 +121,17 @@ def main():
     if a.phase in ("all", "prep"):
         run_stages(prep_stages(out, a), state_dir=out, cwd=ROOT)
     if a.phase in ("all", "rms"):
-        run_parallel([rm_stage(out, n, s) for n in ("flip", "clean") for s in range(K)]
-                     + [rm_stage(out, n, 100, monitor=True) for n in ("flip", "clean")], out, a.jobs)
+        st = ([rm_stage(out, "flip", s) for s in range(K)] + [rm_stage(out, "flip", 100, monitor=True)]
+              + [rm_stage(out, "clean", 0), rm_stage(out, "clean", 100, monitor=True)]
+              + [rm_stage(out, "clean", s) for s in range(1, K)])  # in order of priority
+        run_parallel([s for s in st if not a.only or os.path.basename(s.resume_dir) in a.only.split(",")], out, a.jobs)
+    if a.phase in ("all", "bon"):
+        from bench.antioveropt_analysis import bon_study
+        bon_study(out, a.json.replace(".json", "_bon.json"))
     if a.phase in ("all", "runs"):
         st = runs_stages(out, a)
         if a.only:
-            st = [s for s in st if s.name.split()[-1] in a.only.split(",")]
+            st = [s for s in st if os.path.basename(s.resume_dir) in a.only.split(",")]
         run_parallel(st, out, a.jobs)
     if a.phase in ("all", "analyse"):
         from bench.antioveropt_analysis import analyse
