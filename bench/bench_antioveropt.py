@@ -14,10 +14,20 @@ by minirlhf/stages.py and skipped on a rerun, so a stopped bench resumes):
   runs     PPO against a single reward model and against the mean / min (WCO) / UWO of the ensemble, with and
            without flipped labels, at kl_coef 0 (built to over-optimise); PPO at kl_coef 0.2 on clean labels
            (not over-optimising: the false-alarm runs); RLOO and GRPO beside PPO on the noisy labels
+  queue    reward models and runs named by --only, in that order, `jobs` at a time (what a short session ran)
   analyse  gold peak, gold against sqrt(KL), equal-time and equal-KL comparisons, and each early-warning
            signal's lead time and false alarms (minirlhf.monitor.first_firing), into one JSON and one figure
 
 Runs go `jobs` at a time (each model uses one thread). Everything lands in --out_dir (default out/antioveropt).
+Every run: 40 iterations of 64 rollouts, policy lr 1e-4 (3x train_ppo's default, so that over-optimisation
+shows within 40 iterations on a shared CPU), 4 epochs x 4 minibatches, temperature 0.7; RLOO and GRPO with
+group_size 4 (16 prompts x 4 per iteration). What the README's tables come from (one seed, 2 shared cores):
+
+    python bench/bench_antioveropt.py --phase prep && python bench/bench_antioveropt.py --phase rms \
+        --only rm_flip0,rm_flip1,rm_flip2,rm_flip3,rm_flip_monitor,rm_clean_monitor
+    python bench/bench_antioveropt.py --phase queue --only ppo_flip_single_s0,rm_clean0,ppo_flip_min_s0,\
+ppo_flip_uwo_s0,ppo_clean_single_kl0.2_s0,ppo_flip_mean_s0,rloo_flip_single_s0,grpo_flip_single_s0
+    python bench/bench_antioveropt.py --phase analyse
 """
 
 import argparse
@@ -65,18 +75,24 @@ def rm_stage(out, noise, seed, monitor=False, steps=150):
         "--threads", "1"], resume_dir=rm_dir)
 
 
+def rm_stages(out):
+    return ([rm_stage(out, "flip", s) for s in range(K)] + [rm_stage(out, "flip", 100, monitor=True)]
+            + [rm_stage(out, "clean", 0), rm_stage(out, "clean", 100, monitor=True)]
+            + [rm_stage(out, "clean", s) for s in range(1, K)])  # in order of priority
+
+
 def rms(out, noise):
     return ",".join(f"{out}/rm_{noise}{s}/ckpt.pt" for s in range(K))
 
 
-def run_stage(out, name, algo, noise, agg="single", kl_coef=0.0, iters=100, seed=0):
+def run_stage(out, name, algo, noise, agg="single", kl_coef=0.0, iters=40, seed=0, lr=1e-4):
     run_dir = f"{out}/runs/{name}"
     script, extra = ("train_ppo.py", []) if algo == "ppo" else ("train_rloo.py", ["--advantage", algo])
     rm = f"{out}/rm_{noise}0/ckpt.pt" if agg == "single" else rms(out, noise)
     cmd = [PY, script, "--prompts", f"{out}/data/prompts_train.jsonl", "--eval_prompts", f"{out}/data/prompts_eval.jsonl",
            "--sft_ckpt", f"{out}/sft/ckpt.pt", "--rm_ckpt", rm, "--monitor_rm_ckpt", f"{out}/rm_{noise}_monitor/ckpt.pt",
            "--out_dir", run_dir, "--num_iters", str(iters), "--kl_coef", str(kl_coef), "--eval_interval", str(iters),
-           "--ckpt_interval", "25", "--log_samples", "0", "--seed", str(seed), "--threads", "1", *extra]
+           "--ckpt_interval", "10", "--log_samples", "0", "--lr", str(lr), "--seed", str(seed), "--threads", "1", *extra]
     if agg != "single":
         cmd += ["--rm_aggregate", agg]
     return Stage(f"run {name}", cmd, resume_dir=run_dir, meta=dict(algo=algo, noise=noise, agg=agg, kl_coef=kl_coef, seed=seed))
@@ -109,9 +125,9 @@ def run_parallel(stages, out, jobs):
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out_dir", default="out/antioveropt")
-    p.add_argument("--phase", default="all", choices=["all", "prep", "rms", "bon", "runs", "analyse"])
+    p.add_argument("--phase", default="all", choices=["all", "prep", "rms", "bon", "runs", "queue", "analyse"])
     p.add_argument("--jobs", type=int, default=2)
-    p.add_argument("--iters", type=int, default=80)
+    p.add_argument("--iters", type=int, default=40)
     p.add_argument("--seeds", type=int, default=1)
     p.add_argument("--only", default="", help="comma-separated output folder names (rm_flip0, ppo_flip_min_s0, ...) to run")
     p.add_argument("--json", default="bench/results/antioveropt_cpu.json")
@@ -120,11 +136,12 @@ def main():
     out = a.out_dir
     if a.phase in ("all", "prep"):
         run_stages(prep_stages(out, a), state_dir=out, cwd=ROOT)
+    if a.phase == "queue":  # reward models and runs in one queue, in the order of --only
+        by_name = {os.path.basename(s.resume_dir): s for s in rm_stages(out) + runs_stages(out, a)}
+        run_parallel([by_name[n] for n in a.only.split(",")], out, a.jobs)
     if a.phase in ("all", "rms"):
-        st = ([rm_stage(out, "flip", s) for s in range(K)] + [rm_stage(out, "flip", 100, monitor=True)]
-              + [rm_stage(out, "clean", 0), rm_stage(out, "clean", 100, monitor=True)]
-              + [rm_stage(out, "clean", s) for s in range(1, K)])  # in order of priority
-        run_parallel([s for s in st if not a.only or os.path.basename(s.resume_dir) in a.only.split(",")], out, a.jobs)
+        run_parallel([s for s in rm_stages(out) if not a.only or os.path.basename(s.resume_dir) in a.only.split(",")],
+                     out, a.jobs)
     if a.phase in ("all", "bon"):
         from bench.antioveropt_analysis import bon_study
         bon_study(out, a.json.replace(".json", "_bon.json"))
