@@ -2,11 +2,14 @@
 
 Definitions (stated once, used for every table):
   gold curve      lab/gold (the gold judge on the iteration's own 64 rollouts), smoothed by a centred moving
-                  average of SMOOTH iterations; its argmax is the gold peak
-  over-optimised  the smoothed gold at the end lies at least DROP below the smoothed peak
+                  average of SMOOTH iterations
+  gold peak       the LAST iteration at which the smoothed gold is within DROP of its maximum: after it gold
+                  never comes back (on a plateau followed by a fall, the end of the plateau, where hacking starts
+                  to cost gold; the argmax of a noisy plateau would be an arbitrary point on it)
+  over-optimised  the smoothed gold at the end lies more than DROP below its maximum
   sqrt(KL)        sqrt of objective/kl, the sequence KL to the SFT model (nats), smoothed the same way
-  firing          minirlhf.monitor.first_firing with z = Z_FIRE: the signal, z-scored against its first 10
-                  iterations, stays past Z_FIRE in its hacking direction for 3 iterations in a row
+  firing          minirlhf.monitor.first_firing at z in Z_FIRE: the signal, z-scored against its first 10
+                  iterations, stays past z in its hacking direction for 3 iterations in a row
   lead time       gold-peak iteration - firing iteration (> 0: it warned before gold started to fall)
   false alarm     a signal that fires on a run that is not over-optimised
 """
@@ -19,7 +22,7 @@ import time
 
 from minirlhf.monitor import SIGNALS, first_firing
 
-SMOOTH, DROP, Z_FIRE = 11, 0.03, 3.0
+SMOOTH, DROP, Z_FIRE = 11, 0.05, (2.0, 3.0)
 
 
 def smooth(xs, w=SMOOTH):
@@ -34,22 +37,24 @@ def read_log(path):
 def summarise(stage, log):
     gold = smooth([r["lab/gold"] for r in log])
     kl = smooth([max(r["objective/kl"], 0.0) for r in log])
-    peak = max(range(len(gold)), key=gold.__getitem__)
+    top = max(gold)
+    peak = max(i for i, g in enumerate(gold) if g >= top - DROP)
     last = log[-10:]
     row = {**stage.meta, "name": stage.name.split()[-1], "iters": len(log),
-           "gold_start": gold[0], "gold_peak": gold[peak], "peak_iter": peak + 1, "gold_end": gold[-1],
+           "gold_start": gold[0], "gold_max": top, "gold_peak": gold[peak], "peak_iter": peak + 1, "gold_end": gold[-1],
            "sqrt_kl_at_peak": math.sqrt(kl[peak]), "sqrt_kl_end": math.sqrt(kl[-1]),
            "proxy_end": sum(r["objective/rm_score"] for r in last) / len(last),
            "kl_end": sum(r["objective/kl"] for r in last) / len(last),
            "seconds": log[-1]["time/elapsed"]}
-    row["over_optimised"] = row["gold_peak"] - row["gold_end"] >= DROP
+    row["over_optimised"] = top - row["gold_end"] > DROP
     row["curve"] = {"iter": [r["step"] for r in log], "gold": gold, "sqrt_kl": [math.sqrt(k) for k in kl],
                     "proxy": smooth([r["objective/rm_score"] for r in log]), "seconds": [r["time/elapsed"] for r in log]}
-    row["firing"] = {}
-    for signal, direction in SIGNALS.items():
-        if all(signal in r for r in log):
-            fired = first_firing([r[signal] for r in log], Z_FIRE, direction)
-            row["firing"][signal] = None if fired is None else fired + 1  # 1-based iteration, as logged
+    row["firing"] = {z: {} for z in Z_FIRE}
+    for z in Z_FIRE:
+        for signal, direction in SIGNALS.items():
+            if all(signal in r for r in log):
+                fired = first_firing([r[signal] for r in log], z, direction)
+                row["firing"][z][signal] = None if fired is None else fired + 1  # 1-based iteration, as logged
     return row
 
 
@@ -61,20 +66,20 @@ def at(curve, key, x, value="gold"):
     return None
 
 
-def signal_table(rows):
+def signal_table(rows, z):
     over = [r for r in rows if r["over_optimised"]]
     calm = [r for r in rows if not r["over_optimised"]]
     table = {}
     for signal in SIGNALS:
-        o = [r for r in over if signal in r["firing"]]
-        c = [r for r in calm if signal in r["firing"]]
+        o = [r for r in over if signal in r["firing"][z]]
+        c = [r for r in calm if signal in r["firing"][z]]
         if not o and not c:
             continue
-        leads = [r["peak_iter"] - r["firing"][signal] for r in o if r["firing"][signal] is not None]
-        table[signal] = {"over_runs": len(o), "fired": len(leads),
-                         "median_lead": sorted(leads)[len(leads) // 2] if leads else None,
-                         "warned_before_peak": sum(x > 0 for x in leads),
-                         "calm_runs": len(c), "false_alarms": sum(r["firing"][signal] is not None for r in c)}
+        leads = {r["name"]: r["peak_iter"] - r["firing"][z][signal] for r in o if r["firing"][z][signal] is not None}
+        table[signal] = {"over_runs": len(o), "fired": len(leads), "leads": leads,
+                         "median_lead": sorted(leads.values())[len(leads) // 2] if leads else None,
+                         "warned_before_peak": sum(x > 0 for x in leads.values()),
+                         "calm_runs": len(c), "false_alarms": sum(r["firing"][z][signal] is not None for r in c)}
     return table
 
 
@@ -84,9 +89,9 @@ def analyse(out, stages, json_path, plot_path):
         path = f"{st.resume_dir}/log.jsonl"
         if os.path.exists(path) and len(read_log(path)) >= 20:
             rows.append(summarise(st, read_log(path)))
-    print(f"{'run':<34}{'iters':>6}{'gold0':>7}{'peak':>7}{'@it':>5}{'end':>7}{'sqrtKL*':>8}{'sqrtKL':>7}{'proxy':>7}{'sec':>6}  over")
+    print(f"{'run':<34}{'iters':>6}{'gold0':>7}{'max':>7}{'@it':>5}{'end':>7}{'sqrtKL*':>8}{'sqrtKL':>7}{'proxy':>7}{'sec':>6}  over")
     for r in rows:
-        print(f"{r['name']:<34}{r['iters']:>6}{r['gold_start']:>7.3f}{r['gold_peak']:>7.3f}{r['peak_iter']:>5}{r['gold_end']:>7.3f}"
+        print(f"{r['name']:<34}{r['iters']:>6}{r['gold_start']:>7.3f}{r['gold_max']:>7.3f}{r['peak_iter']:>5}{r['gold_end']:>7.3f}"
               f"{r['sqrt_kl_at_peak']:>8.2f}{r['sqrt_kl_end']:>7.2f}{r['proxy_end']:>7.2f}{r['seconds']:>6.0f}  {r['over_optimised']}")
     # critic-free against PPO on the noisy labels: equal wall time and equal KL, per seed
     algos = {}
@@ -109,10 +114,12 @@ def analyse(out, stages, json_path, plot_path):
         print(f"seed {c['seed']} {c['algo']:<5} gold@{c['equal_time_s']:.0f}s {c['gold_at_equal_time']:.3f} "
               f"(sqrtKL {c['sqrt_kl_at_equal_time']:.2f})  gold@sqrtKL {c['equal_sqrt_kl']:.2f} {c['gold_at_equal_kl']:.3f}  "
               f"peak {c['gold_peak']:.3f}  {c['sec_per_iter']:.2f} s/iter")
-    signals = signal_table(rows)
-    for s, v in signals.items():
-        print(f"{s:<26} fired {v['fired']}/{v['over_runs']} over-optimised runs, median lead {v['median_lead']}, "
-              f"before the peak {v['warned_before_peak']}; false alarms {v['false_alarms']}/{v['calm_runs']}")
+    signals = {z: signal_table(rows, z) for z in Z_FIRE}
+    for z in Z_FIRE:
+        print(f"early warning at z = {z}: lead = gold-peak iteration - firing iteration (> 0 warns before the fall)")
+        for s, v in signals[z].items():
+            print(f"  {s:<26} fired {v['fired']}/{v['over_runs']} over-optimised runs, leads {v['leads']}, before the "
+                  f"peak {v['warned_before_peak']}; false alarms {v['false_alarms']}/{v['calm_runs']}")
     result = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": platform.platform(),
               "note": "2 CPU cores shared with other jobs: seconds are noisy", "smooth": SMOOTH, "drop": DROP,
               "z_fire": Z_FIRE, "runs": rows, "algorithms": compare, "signals": signals}

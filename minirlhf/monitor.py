@@ -15,8 +15,8 @@ iterations before the gold peak each one fires and how often it fires on runs th
                              a crude out-of-distribution test (InfoRM, Miao et al. 2024, does it in latent space)
 
 Firing rule, one for every signal and for --early_stop: the first `baseline` iterations give a mean and std;
-the signal fires at the first iteration from which (direction * (x - mean) / std) stays above the threshold
-for `patience` iterations in a row. The z-score makes one threshold mean the same for every signal.
+the signal fires at the first iteration from which z = (x - mean) / std, times its direction (or |z| for a
+signal that may move either way), stays above the threshold for `patience` iterations in a row. The z-score makes one threshold mean the same for every signal.
 """
 
 import math
@@ -26,8 +26,9 @@ import torch
 from minirlhf.ensemble import member_scores
 from minirlhf.training import last_token_values
 
-# signal -> the direction it moves when the policy hacks the reward (+1 rises, -1 falls)
-SIGNALS = {"objective/kl": 1, "objective/rm_score": 1, "rollout/response_len": 1, "policy/entropy": -1,
+# signal -> the direction it moves when the policy hacks the reward (+1 rises, -1 falls, 0 either way: real
+# RLHF hacks lengthen responses and collapse entropy, but on the lab the hacks are short answers)
+SIGNALS = {"objective/kl": 1, "objective/rm_score": 1, "rollout/response_len": 0, "policy/entropy": 0,
            "monitor/disagreement": 1, "monitor/heldout_score": -1, "monitor/rm_gap": 1,
            "monitor/above_train_max": 1}
 
@@ -66,7 +67,8 @@ def first_firing(values, threshold, direction=1, baseline=10, patience=3):
     std = max(std, 1e-3 * max(1.0, abs(mean)))  # a flat baseline (e.g. 0 responses above the max) stays finite
     run = 0
     for i in range(baseline, len(values)):
-        run = run + 1 if direction * (values[i] - mean) / std > threshold else 0
+        z = (values[i] - mean) / std
+        run = run + 1 if (direction * z if direction else abs(z)) > threshold else 0
         if run == patience:
             return i - patience + 1
     return None

@@ -66,7 +66,9 @@ def test_firing_rule_on_hand_series():
     flat = [1.0, 1.1, 0.9, 1.0, 1.1, 0.9, 1.0, 1.1, 0.9, 1.0]  # baseline: mean 1.0, std sqrt(0.06 / 9)
     assert first_firing(flat + [1.0] * 10, 3.0) is None
     assert first_firing(flat + [1.0, 2.0, 2.0, 1.0, 2.0, 2.0, 2.0], 3.0) == 14  # needs 3 in a row: 14, 15, 16
-    assert first_firing(flat + [0.0] * 3, 3.0, direction=-1) == 10  # a falling signal (entropy)
+    assert first_firing(flat + [0.0] * 3, 3.0, direction=-1) == 10  # a falling signal
+    assert first_firing(flat + [0.0] * 3, 3.0, direction=1) is None
+    assert first_firing(flat + [0.0, 2.0, 0.0], 3.0, direction=0) == 10  # either way (response length)
     assert first_firing(flat + [2.0] * 2, 3.0) is None  # too short to have fired
     with pytest.raises(ValueError, match="--early_stop"):
         EarlyStop("monitor/nothing:3")
