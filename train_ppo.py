@@ -67,7 +67,7 @@ class Args:
     uwo_lambda: float = opt(0.5, "rm_aggregate uwo: weight of the variance across members")
     monitor_rm_ckpt: str = opt("", "a held-out reward model (other pairs or seed), only watched: monitor/rm_gap ('' = none)")
     early_stop: str = opt("", "SIGNAL:Z, stop once SIGNAL moves Z baseline stds the hacking way, e.g. "
-                              "monitor/rm_gap:3 (minirlhf/monitor.py; '' = off)")
+                              "objective/kl:2, the best measured on the lab (minirlhf/monitor.py; '' = off)")
     out_dir: str = opt("out/ppo", "where ckpt.pt and log.jsonl go")
     num_iters: int = opt(60, "PPO iterations (rollout + update)")
     batch_size: int = opt(64, "rollouts per iteration, over all ranks")

@@ -60,7 +60,7 @@ class Args:
     rm_aggregate: str = opt("mean", "ensemble reward: 'mean', 'min' (worst case) or 'uwo' (mean - uwo_lambda * variance)")
     uwo_lambda: float = opt(0.5, "rm_aggregate uwo: weight of the variance across members")
     monitor_rm_ckpt: str = opt("", "a held-out reward model (other pairs or seed), only watched: monitor/rm_gap ('' = none)")
-    early_stop: str = opt("", "SIGNAL:Z, stop once SIGNAL moves Z baseline stds the hacking way (minirlhf/monitor.py; '' = off)")
+    early_stop: str = opt("", "SIGNAL:Z, stop once SIGNAL moves Z baseline stds the hacking way, e.g. objective/kl:2 (minirlhf/monitor.py; '' = off)")
     out_dir: str = opt("out/rloo", "where ckpt.pt and log.jsonl go")
     num_iters: int = opt(60, "iterations (rollout + update)")
     batch_size: int = opt(64, "rollouts per iteration (batch_size / group_size prompts), over all ranks")

@@ -12,6 +12,9 @@ Definitions (stated once, used for every table):
                   iterations, stays past z in its hacking direction for 3 iterations in a row
   lead time       gold-peak iteration - firing iteration (> 0: it warned before gold started to fall)
   false alarm     a signal that fires on a run that is not over-optimised
+  gold if stopped the smoothed gold at the firing iteration (the final gold where it never fires), averaged
+                  over all runs, over-optimised or not: the policy --early_stop SIGNAL:z would have handed back.
+                  The yardsticks: no early stop (the final gold) and an oracle that stops at the gold maximum.
 """
 
 import json
@@ -66,10 +69,15 @@ def at(curve, key, x, value="gold"):
     return None
 
 
+def gold_if_stopped(r, fired):
+    return r["curve"]["gold"][-1] if fired is None else r["curve"]["gold"][fired - 1]
+
+
 def signal_table(rows, z):
     over = [r for r in rows if r["over_optimised"]]
     calm = [r for r in rows if not r["over_optimised"]]
-    table = {}
+    table = {"(no early stop)": {"gold_if_stopped": sum(r["gold_end"] for r in rows) / len(rows)},
+             "(oracle: stop at the gold maximum)": {"gold_if_stopped": sum(r["gold_max"] for r in rows) / len(rows)}}
     for signal in SIGNALS:
         o = [r for r in over if signal in r["firing"][z]]
         c = [r for r in calm if signal in r["firing"][z]]
@@ -80,6 +88,8 @@ def signal_table(rows, z):
                          "median_lead": sorted(leads.values())[len(leads) // 2] if leads else None,
                          "warned_before_peak": sum(x > 0 for x in leads.values()),
                          "calm_runs": len(c), "false_alarms": sum(r["firing"][z][signal] is not None for r in c)}
+        if len(o) + len(c) == len(rows):  # logged by every run: comparable with the yardsticks
+            table[signal]["gold_if_stopped"] = sum(gold_if_stopped(r, r["firing"][z][signal]) for r in rows) / len(rows)
     return table
 
 
@@ -109,16 +119,19 @@ def analyse(out, stages, json_path, plot_path):
                             "proxy_at_equal_time": at(r["curve"], "seconds", t, "proxy"),
                             "sqrt_kl_at_equal_time": at(r["curve"], "seconds", t, "sqrt_kl"),
                             "equal_sqrt_kl": k, "gold_at_equal_kl": at(r["curve"], "sqrt_kl", k),
-                            "gold_peak": r["gold_peak"], "sec_per_iter": r["seconds"] / r["iters"]})
+                            "gold_max": r["gold_max"], "sec_per_iter": r["seconds"] / r["iters"]})
     for c in compare:
         print(f"seed {c['seed']} {c['algo']:<5} gold@{c['equal_time_s']:.0f}s {c['gold_at_equal_time']:.3f} "
               f"(sqrtKL {c['sqrt_kl_at_equal_time']:.2f})  gold@sqrtKL {c['equal_sqrt_kl']:.2f} {c['gold_at_equal_kl']:.3f}  "
-              f"peak {c['gold_peak']:.3f}  {c['sec_per_iter']:.2f} s/iter")
+              f"max {c['gold_max']:.3f}  {c['sec_per_iter']:.2f} s/iter")
     signals = {z: signal_table(rows, z) for z in Z_FIRE}
     for z in Z_FIRE:
         print(f"early warning at z = {z}: lead = gold-peak iteration - firing iteration (> 0 warns before the fall)")
         for s, v in signals[z].items():
-            print(f"  {s:<26} fired {v['fired']}/{v['over_runs']} over-optimised runs, leads {v['leads']}, before the "
+            if "fired" not in v:
+                print(f"  {s:<26} gold if stopped {v['gold_if_stopped']:.3f}")
+                continue
+            print(f"  {s:<26} gold if stopped {v.get('gold_if_stopped', float('nan')):.3f}; fired {v['fired']}/{v['over_runs']} over-optimised runs, leads {v['leads']}, before the "
                   f"peak {v['warned_before_peak']}; false alarms {v['false_alarms']}/{v['calm_runs']}")
     result = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": platform.platform(),
               "note": "2 CPU cores shared with other jobs: seconds are noisy", "smooth": SMOOTH, "drop": DROP,
@@ -140,14 +153,15 @@ def plot(rows, path):
                "ppo": "k", "rloo": "tab:orange", "grpo": "tab:purple"}
     for r in rows:
         c = r["curve"]
-        if r["algo"] == "ppo" and r["kl_coef"] == 0.0 and r["seed"] == 0:
+        if r["algo"] == "ppo" and r["seed"] == 0:
             style = "-" if r["noise"] == "flip" else "--"
-            axes[0].plot(c["sqrt_kl"], c["gold"], style, color=colours[r["agg"]], label=f"{r['agg']}, {r['noise']}")
+            colour = colours[r["agg"]] if r["kl_coef"] == 0.0 else "grey"
+            axes[0].plot(c["sqrt_kl"], c["gold"], style, color=colour, label=f"{r['agg']}, {r['noise']}, kl_coef {r['kl_coef']}")
         if r["noise"] == "flip" and r["agg"] == "single" and r["kl_coef"] == 0.0:
             lab = r["algo"] if r["seed"] == 0 else None
             axes[1].plot(c["sqrt_kl"], c["gold"], color=colours[r["algo"]], label=lab, alpha=0.8)
             axes[2].plot(c["seconds"], c["gold"], color=colours[r["algo"]], label=lab, alpha=0.8)
-    axes[0].set_title("PPO, kl_coef 0: reward model vs ensembles\n(solid: 25 % flipped labels, dashed: clean)")
+    axes[0].set_title("PPO: one reward model vs ensembles of 4\n(solid: 25 % flipped labels, dashed: clean)")
     axes[1].set_title("PPO vs RLOO vs GRPO, 25 % flipped labels")
     axes[2].set_title("the same against wall time (noisy: shared CPU)")
     for ax, xl in zip(axes, ("sqrt(KL to SFT)  (nats^0.5)", "sqrt(KL to SFT)  (nats^0.5)", "seconds")):

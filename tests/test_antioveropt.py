@@ -119,7 +119,7 @@ def test_early_stop_fires_when_the_policy_runs_and_not_when_it_cannot_move(lab, 
     (its KL to SFT is exactly 0), so objective/kl never leaves its baseline."""
     def run(out, lr):
         flags = ppo_flags(lab, str(out)) + ["--num_iters", "16", "--lr", str(lr), "--kl_coef", "0",
-                                            "--early_stop", "objective/kl:3", "--eval_interval", "100"]
+                                            "--early_stop", "objective/kl:2", "--eval_interval", "100"]
         train_ppo.main(parse_args(train_ppo.Args, flags))
         return len(read_log(out / "log.jsonl"))
     assert run(tmp_path / "hacking", 3e-2) < 16
