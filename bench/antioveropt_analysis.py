@@ -119,7 +119,9 @@ def analyse(out, stages, json_path, plot_path):
                             "proxy_at_equal_time": at(r["curve"], "seconds", t, "proxy"),
                             "sqrt_kl_at_equal_time": at(r["curve"], "seconds", t, "sqrt_kl"),
                             "equal_sqrt_kl": k, "gold_at_equal_kl": at(r["curve"], "sqrt_kl", k),
-                            "gold_max": r["gold_max"], "sec_per_iter": r["seconds"] / r["iters"]})
+                            "gold_max": r["gold_max"], "sec_per_iter": r["seconds"] / r["iters"],
+                            "gold_max_within_equal_time": max(g for g, sec in zip(r["curve"]["gold"], r["curve"]["seconds"]) if sec <= t),
+                            "seconds_to_gold_max": r["curve"]["seconds"][r["curve"]["gold"].index(r["gold_max"])]})
     for c in compare:
         print(f"seed {c['seed']} {c['algo']:<5} gold@{c['equal_time_s']:.0f}s {c['gold_at_equal_time']:.3f} "
               f"(sqrtKL {c['sqrt_kl_at_equal_time']:.2f})  gold@sqrtKL {c['equal_sqrt_kl']:.2f} {c['gold_at_equal_kl']:.3f}  "
@@ -173,12 +175,13 @@ def plot(rows, path):
     fig.savefig(path, dpi=110)
 
 
-def bon_study(out, json_path, ns=(1, 2, 4, 8, 16, 32, 64), n_per_family=20, seed=0):
+def bon_study(out, json_path, ns=(1, 2, 4, 8, 16, 32, 64), n_per_family=20, seed=0, noises=("flip", "clean")):
     """Best-of-n against one reward model and the ensembles' mean / min / uwo, clean and noisy labels.
 
     One set of max(ns) SFT samples per held-out prompt (minirlhf.lab.bestofn), each scored once by every
     member (EnsembleScorer, no_eos_score for an unfinished response as in PPO); the aggregates are taken on
-    those scores (minirlhf.ensemble.aggregate), so every curve ranks the same samples."""
+    those scores (minirlhf.ensemble.aggregate), so every curve ranks the same samples. Curves already in
+    json_path are kept (the same seed draws the same samples), so the clean labels can come later."""
     import torch
 
     from minirlhf.checkpoint import load_model
@@ -189,7 +192,9 @@ def bon_study(out, json_path, ns=(1, 2, 4, 8, 16, 32, 64), n_per_family=20, seed
     prompts = [t.prompt for t in eval_tasks(seed, n_per_family)]
     groups = sample_groups(model, tok, prompts, max(ns), temperature=0.7, max_new_tokens=32, batch_size=256, seed=seed)
     result = {"n_prompts": len(prompts), "n_samples": max(ns), "seed": seed, "curves": {}}
-    for noise in ("flip", "clean"):
+    if os.path.exists(json_path):
+        result["curves"] = json.load(open(json_path))["curves"]
+    for noise in noises:
         if not all(os.path.exists(f"{out}/rm_{noise}{s}/ckpt.pt") for s in range(4)):
             print(f"best-of-n: skipping {noise} (its four reward models are not all trained)")
             continue
@@ -204,3 +209,40 @@ def bon_study(out, json_path, ns=(1, 2, 4, 8, 16, 32, 64), n_per_family=20, seed
     with open(json_path, "w") as f:
         json.dump(result, f, indent=1)
     return result
+
+
+def markdown(json_path, bon_path=None):
+    """The README's tables from the results JSON (python -c 'from bench.antioveropt_analysis import markdown; ...')."""
+    res = json.load(open(json_path))
+    out = ["| run | algorithm | labels | reward | kl_coef | seed | gold at start | gold max | gold at end | sqrt(KL) at end "
+           "| proxy at end | seconds | over-optimised |", "|" + "---|" * 13]
+    for r in res["runs"]:
+        out.append(f"| {r['name']} | {r['algo']} | {r['noise']} | {r['agg']} | {r['kl_coef']} | {r['seed']} | {r['gold_start']:.3f} "
+                   f"| {r['gold_max']:.3f} | {r['gold_end']:.3f} | {r['sqrt_kl_end']:.2f} | {r['proxy_end']:.2f} "
+                   f"| {r['seconds']:.0f} | {'yes' if r['over_optimised'] else 'no'} |")
+    out += ["", "| seed | algorithm | gold max (seconds to it) | best gold within equal time | gold at equal time (s) "
+            "| sqrt(KL) then | gold at equal sqrt(KL) | s / iteration |", "|" + "---|" * 8]
+    for c in res["algorithms"]:
+        out.append(f"| {c['seed']} | {c['algo']} | {c['gold_max']:.3f} ({c['seconds_to_gold_max']:.0f}) | {c['gold_max_within_equal_time']:.3f} "
+                   f"| {c['gold_at_equal_time']:.3f} ({c['equal_time_s']:.0f}) "
+                   f"| {c['sqrt_kl_at_equal_time']:.2f} | {c['gold_at_equal_kl']:.3f} (at {c['equal_sqrt_kl']:.2f}) | {c['sec_per_iter']:.1f} |")
+    for z, table in res["signals"].items():
+        out += ["", f"Early warning, firing at z = {z}:", "",
+                "| signal | fired in over-optimised runs | lead (iterations; > 0 = before the gold peak) | false alarms "
+                "| gold if stopped |", "|" + "---|" * 5]
+        for s, v in table.items():
+            g = f"{v['gold_if_stopped']:.3f}" if "gold_if_stopped" in v else "-"
+            if "fired" not in v:
+                out.append(f"| {s} | | | | {g} |")
+                continue
+            leads = ", ".join(f"{x:+d}" for x in v["leads"].values()) or "-"
+            out.append(f"| `{s}` | {v['fired']}/{v['over_runs']} | {leads} | {v['false_alarms']}/{v['calm_runs']} | {g} |")
+    if bon_path and os.path.exists(bon_path):
+        bon = json.load(open(bon_path))
+        ns = [r["n"] for r in next(iter(bon["curves"].values()))]
+        out += ["", f"Best-of-n gold ({bon['n_prompts']} held-out prompts, {bon['n_samples']} SFT samples each, seed {bon['seed']}):", "",
+                "| labels / reward | " + " | ".join(f"n={n}" for n in ns) + " |", "|" + "---|" * (len(ns) + 1)]
+        for key, rows in bon["curves"].items():
+            out.append(f"| {key} | " + " | ".join(f"{r['gold']:.3f}" for r in rows) + " |")
+        out.append("| KL analytic (nats) | " + " | ".join(f"{r['kl_analytic']:.2f}" for r in rows) + " |")
+    return "\n".join(out)

@@ -21,13 +21,15 @@ by minirlhf/stages.py and skipped on a rerun, so a stopped bench resumes):
 Runs go `jobs` at a time (each model uses one thread). Everything lands in --out_dir (default out/antioveropt).
 Every run: 40 iterations of 64 rollouts, policy lr 1e-4 (3x train_ppo's default, so that over-optimisation
 shows within 40 iterations on a shared CPU), 4 epochs x 4 minibatches, temperature 0.7; RLOO and GRPO with
-group_size 4 (16 prompts x 4 per iteration). What the README's tables come from (one seed, 2 shared cores):
+group_size 4 (16 prompts x 4 per iteration). What the README's tables come from (2 shared cores, 2026-12-02):
 
-    python bench/bench_antioveropt.py --phase prep && python bench/bench_antioveropt.py --phase rms \
-        --only rm_flip0,rm_flip1,rm_flip2,rm_flip3,rm_flip_monitor,rm_clean_monitor
-    python bench/bench_antioveropt.py --phase queue --only ppo_flip_single_s0,rm_clean0,ppo_flip_min_s0,\
-ppo_flip_uwo_s0,ppo_clean_single_kl0.2_s0,ppo_flip_mean_s0,rloo_flip_single_s0,grpo_flip_single_s0
-    python bench/bench_antioveropt.py --phase analyse
+    python bench/bench_antioveropt.py --phase prep
+    python bench/bench_antioveropt.py --phase rms
+    python bench/bench_antioveropt.py --phase bon
+    python bench/bench_antioveropt.py --phase queue --seeds 2 --only ppo_flip_single_s0,ppo_flip_min_s0,\
+ppo_flip_uwo_s0,ppo_clean_single_kl0.2_s0,ppo_flip_mean_s0,rloo_flip_single_s0,grpo_flip_single_s0,\
+ppo_clean_single_kl0.2_s1,rloo_flip_single_s1,grpo_flip_single_s1,ppo_flip_single_s1
+    python bench/bench_antioveropt.py --phase analyse --seeds 2
 """
 
 import argparse
@@ -130,6 +132,7 @@ def main():
     p.add_argument("--iters", type=int, default=40)
     p.add_argument("--seeds", type=int, default=1)
     p.add_argument("--only", default="", help="comma-separated output folder names (rm_flip0, ppo_flip_min_s0, ...) to run")
+    p.add_argument("--noises", default="flip,clean", help="bon phase: which label sets")
     p.add_argument("--json", default="bench/results/antioveropt_cpu.json")
     p.add_argument("--plot", default="bench/results/antioveropt_cpu.png")
     a = p.parse_args()
@@ -144,7 +147,7 @@ def main():
                      out, a.jobs)
     if a.phase in ("all", "bon"):
         from bench.antioveropt_analysis import bon_study
-        bon_study(out, a.json.replace(".json", "_bon.json"))
+        bon_study(out, a.json.replace(".json", "_bon.json"), noises=a.noises.split(","))
     if a.phase in ("all", "runs"):
         st = runs_stages(out, a)
         if a.only:

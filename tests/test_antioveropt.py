@@ -19,6 +19,7 @@ import train_ppo
 import train_rloo
 from minirlhf.ensemble import EnsembleScorer, RewardEnsemble, aggregate, load_reward_model
 from minirlhf.monitor import EarlyStop, first_firing
+from minirlhf.tokenizer import get_tokenizer
 from minirlhf.training import parse_args
 from tests.test_pipeline import lab, ppo_flags, read_log  # noqa: F401  (the tiny lab fixture)
 
@@ -110,17 +111,17 @@ def test_rloo_and_grpo_run_end_to_end(ensemble_lab, tmp_path, advantage):
     assert all(row["policy/kl_loss"] >= 0 if advantage == "grpo" else row["policy/kl_loss"] == 0 for row in log)
     model, _, ckpts = load_reward_model(rm, "min")
     assert all("1.0" in c["train_score_quantiles"] for c in ckpts)  # train_rm stores the training-score maximum
-    scorer = EnsembleScorer(model, __import__("minirlhf.tokenizer", fromlist=["get_tokenizer"]).get_tokenizer("lab"))
-    assert scorer.score("What is 2 + 3?", ["5", "5"], [True, False])[1] == -3.0
+    scores = EnsembleScorer(model, get_tokenizer("lab")).score("What is 2 + 3?", ["5", "5", "7"], [True, False, True])
+    assert scores[1] == -3.0 and scores[0] != scores[2]  # no end-of-text: the fixed score, as in PPO
 
 
 def test_early_stop_fires_when_the_policy_runs_and_not_when_it_cannot_move(lab, tmp_path):
-    """kl_coef 0 and a learning rate far too high drive the policy away at once; lr 0 keeps it the SFT model
+    """kl_coef 0 and a learning rate 30x the default drive the policy away, step by step; lr 0 keeps it the SFT model
     (its KL to SFT is exactly 0), so objective/kl never leaves its baseline."""
     def run(out, lr):
-        flags = ppo_flags(lab, str(out)) + ["--num_iters", "16", "--lr", str(lr), "--kl_coef", "0",
+        flags = ppo_flags(lab, str(out)) + ["--num_iters", "24", "--lr", str(lr), "--kl_coef", "0",
                                             "--early_stop", "objective/kl:2", "--eval_interval", "100"]
         train_ppo.main(parse_args(train_ppo.Args, flags))
         return len(read_log(out / "log.jsonl"))
-    assert run(tmp_path / "hacking", 3e-2) < 16
-    assert run(tmp_path / "calm", 0.0) == 16
+    assert run(tmp_path / "hacking", 1e-3) < 24
+    assert run(tmp_path / "calm", 0.0) == 24
