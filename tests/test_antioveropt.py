@@ -116,12 +116,12 @@ def test_rloo_and_grpo_run_end_to_end(ensemble_lab, tmp_path, advantage):
 
 
 def test_early_stop_fires_when_the_policy_runs_and_not_when_it_cannot_move(lab, tmp_path):
-    """kl_coef 0 and a learning rate 30x the default drive the policy away, step by step; lr 0 keeps it the SFT model
+    """kl_coef 0 and a learning rate 100x the default drive the policy away, step by step; lr 0 keeps it the SFT model
     (its KL to SFT is exactly 0), so objective/kl never leaves its baseline."""
     def run(out, lr):
         flags = ppo_flags(lab, str(out)) + ["--num_iters", "24", "--lr", str(lr), "--kl_coef", "0",
                                             "--early_stop", "objective/kl:2", "--eval_interval", "100"]
         train_ppo.main(parse_args(train_ppo.Args, flags))
         return len(read_log(out / "log.jsonl"))
-    assert run(tmp_path / "hacking", 1e-3) < 24
+    assert run(tmp_path / "hacking", 3e-3) < 24
     assert run(tmp_path / "calm", 0.0) == 24
