@@ -53,8 +53,10 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 import kernels
 from minirlhf.checkpoint import load_model
 from minirlhf.data import PROMPT_FIELDS, encode_prompt, left_pad, read_jsonl
+from minirlhf.ensemble import load_reward_model
 from minirlhf.files import describe
 from minirlhf.model import ScalarGPT
+from minirlhf.monitor import EarlyStop, hacking_signals
 from minirlhf.training import (
     Logger, adamw, all_reduce_mean, all_reduce_sum, check_finite, finish_distributed, last_token_scores,
     load_resume, opt, parse_args, response_logprobs, restore_training_state, resume_path,
@@ -68,7 +70,14 @@ class Args:
     sft_ckpt: str = opt("out/sft/ckpt.pt", "SFT checkpoint: the frozen reference (and the initial policy)")
     policy_ckpt: str = opt("", "start the policy from this checkpoint instead, e.g. the last round's PPO policy "
                                "in iterated RLHF; the KL penalty still measures the distance to sft_ckpt")
-    rm_ckpt: str = opt("out/rm/ckpt.pt", "reward model checkpoint (also the value model's initialisation)")
+    rm_ckpt: str = opt("out/rm/ckpt.pt", "reward model checkpoint (also the value model's initialisation); several "
+                                         "comma-separated = an ensemble (minirlhf/ensemble.py), the value model from the first")
+    rm_aggregate: str = opt("mean", "ensemble reward: 'mean', 'min' (worst case) or 'uwo' (mean - uwo_lambda * variance)",
+                            choices=("mean", "min", "uwo"))
+    uwo_lambda: float = opt(0.5, "rm_aggregate uwo: weight of the variance across members", ge=0)
+    monitor_rm_ckpt: str = opt("", "a held-out reward model (other pairs or seed), only watched: monitor/rm_gap ('' = none)")
+    early_stop: str = opt("", "SIGNAL:Z, stop once SIGNAL moves Z baseline stds the hacking way, e.g. "
+                              "objective/kl:2, the best measured on the lab (minirlhf/monitor.py; '' = off)")
     out_dir: str = opt("out/ppo", "where ckpt.pt and log.jsonl go")
     num_iters: int = opt(60, "PPO iterations (rollout + update)", ge=1)
     batch_size: int = opt(64, "rollouts per iteration, over all ranks", ge=1)
@@ -210,11 +219,13 @@ def main(args):
     ref_policy, ref_tok, _ = load_model(args.sft_ckpt, expect="gpt", device=rt.device)
     if ref_tok.name != tok.name:
         raise ValueError(f"{args.policy_ckpt} uses tokenizer {tok.name!r} but {args.sft_ckpt} uses {ref_tok.name!r}")
-    reward_model, rm_tok, rm_ckpt = load_model(args.rm_ckpt, expect="scalar", device=rt.device)
-    value_model, _, _ = load_model(args.rm_ckpt, expect="scalar", device=rt.device)
+    reward_model, rm_tok, rm_ckpts = load_reward_model(args.rm_ckpt, args.rm_aggregate, args.uwo_lambda, rt.device)
+    value_model, _, _ = load_model(args.rm_ckpt.split(",")[0], expect="scalar", device=rt.device)
+    monitor_rm = load_model(args.monitor_rm_ckpt, expect="scalar", device=rt.device)[0] if args.monitor_rm_ckpt else None
+    early_stop = EarlyStop(args.early_stop)
     if rm_tok.name != tok.name:
         raise ValueError(f"SFT model uses tokenizer {tok.name!r} but the reward model uses {rm_tok.name!r}")
-    if not rm_ckpt.get("normalised"):
+    if not all(c.get("normalised") for c in rm_ckpts):
         print(f"warning: {args.rm_ckpt} is not normalised on SFT samples; no_eos_score and kl_coef lose their scale")
     for frozen in (ref_policy, reward_model):
         frozen.requires_grad_(False)
@@ -368,6 +379,8 @@ def main(args):
             from minirlhf.lab import gold
             golds = [gold(rows[i]["prompt"], text, ended=bool(e)).score for i, text, e in zip(pick, texts, ended)]
             metrics["lab/gold"] = all_reduce_mean(sum(golds) / len(golds), rt)
+        metrics.update({k: all_reduce_mean(v, rt) for k, v in hacking_signals(  # early warning (minirlhf/monitor.py)
+            reward_model, rm_ckpts, monitor_rm, tokens, mask, P, args.micro_batch_size).items()})
         if args.adaptive_kl:  # proportional controller: raise beta when KL is above target, lower it below
             error = max(-0.2, min(0.2, mean_kl / args.target_kl - 1))
             kl_coef *= 1 + error * args.batch_size / args.kl_horizon
@@ -384,10 +397,15 @@ def main(args):
         if rt.master and args.log_samples:
             for b in range(min(args.log_samples, per_rank)):
                 print(f"    {describe(rows[pick[b]]['prompt'], 200)} -> {texts[b]!r}  (score {scores[b].item():+.2f})")
-        if it % args.ckpt_interval == 0 or it == args.num_iters:
+        stop = early_stop(metrics)
+        if stop and rt.master:
+            print(f"early stop at iteration {it}: {args.early_stop} fired")
+        if it % args.ckpt_interval == 0 or it == args.num_iters or stop:
             save_training_checkpoint(rt, args.out_dir, policy, stage="ppo", tokenizer_name=tok.name, step=it,
                                      args=args, optimizer=policy_opt, kl_coef=kl_coef,
                                      value_model=value_model.state_dict(), value_optimizer=value_opt.state_dict())
+        if stop:
+            break
     del policy_ddp, value_ddp  # they hold the process group: released before the teardown
     finish_distributed(policy, rt)
 

@@ -109,6 +109,22 @@ def normalise_on_sft_samples(rm, sft, tok, prompts, args, device):
     return mean, std
 
 
+@torch.no_grad()
+def training_score_quantiles(rm, pairs, args, device, pad_id):
+    """Normalised scores of every training response (chosen and rejected) -> {quantile: score}, max included.
+
+    Stored in the checkpoint so that PPO can count the responses its reward model scores above anything the
+    model saw in training (an early-warning signal of reward hacking: the policy has left the data)."""
+    sequences = [p + c for (p, c), _, _ in pairs] + [p + r for _, (p, r), _ in pairs]  # prompt + response
+    scores = []
+    for i in range(0, len(sequences), args.micro_batch_size):
+        ids, mask = left_pad(sequences[i: i + args.micro_batch_size], pad_id)
+        scores.append(last_token_scores(rm, ids.to(device), mask.to(device), start=ids.size(1) - 1).float().cpu())
+    scores = torch.cat(scores)
+    qs = (0.5, 0.9, 0.99, 1.0)
+    return {str(q): v for q, v in zip(qs, torch.quantile(scores, torch.tensor(qs)).tolist())}
+
+
 def main(args):
     rt = setup_runtime(args.device)
     seed_everything(args.seed + rt.rank)
@@ -207,6 +223,7 @@ def main(args):
         print(f"reward normalised on {args.norm_samples} SFT samples: raw mean {mean:.4f}, std {std:.4f} -> 0, 1")
     save_training_checkpoint(rt, args.out_dir, model, stage="rm", tokenizer_name=tok.name, step=step, args=args,
                              optimizer=optimizer, reward_mean=mean, reward_std=std, normalised=True,
+                             train_score_quantiles=training_score_quantiles(model, train, args, rt.device, tok.pad_token),
                              eval_accuracy=evaluate()[1] if evals else None)
     del ddp_model  # it holds the process group: released before the teardown
     finish_distributed(model, rt)

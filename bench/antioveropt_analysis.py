@@ -1,0 +1,248 @@
+"""The analysis half of bench/bench_antioveropt.py: logs of the runs -> tables, one JSON, one figure.
+
+Definitions (stated once, used for every table):
+  gold curve      lab/gold (the gold judge on the iteration's own 64 rollouts), smoothed by a centred moving
+                  average of SMOOTH iterations
+  gold peak       the LAST iteration at which the smoothed gold is within DROP of its maximum: after it gold
+                  never comes back (on a plateau followed by a fall, the end of the plateau, where hacking starts
+                  to cost gold; the argmax of a noisy plateau would be an arbitrary point on it)
+  over-optimised  the smoothed gold at the end lies more than DROP below its maximum
+  sqrt(KL)        sqrt of objective/kl, the sequence KL to the SFT model (nats), smoothed the same way
+  firing          minirlhf.monitor.first_firing at z in Z_FIRE: the signal, z-scored against its first 10
+                  iterations, stays past z in its hacking direction for 3 iterations in a row
+  lead time       gold-peak iteration - firing iteration (> 0: it warned before gold started to fall)
+  false alarm     a signal that fires on a run that is not over-optimised
+  gold if stopped the smoothed gold at the firing iteration (the final gold where it never fires), averaged
+                  over all runs, over-optimised or not: the policy --early_stop SIGNAL:z would have handed back.
+                  The yardsticks: no early stop (the final gold) and an oracle that stops at the gold maximum.
+"""
+
+import json
+import math
+import os
+import platform
+import time
+
+from minirlhf.monitor import SIGNALS, first_firing
+
+SMOOTH, DROP, Z_FIRE = 11, 0.05, (2.0, 3.0)
+
+
+def smooth(xs, w=SMOOTH):
+    h = w // 2
+    return [sum(xs[max(0, i - h): i + h + 1]) / len(xs[max(0, i - h): i + h + 1]) for i in range(len(xs))]
+
+
+def read_log(path):
+    return [json.loads(line) for line in open(path)]
+
+
+def summarise(stage, log):
+    gold = smooth([r["lab/gold"] for r in log])
+    kl = smooth([max(r["objective/kl"], 0.0) for r in log])
+    top = max(gold)
+    peak = max(i for i, g in enumerate(gold) if g >= top - DROP)
+    last = log[-10:]
+    row = {**stage.meta, "name": stage.name.split()[-1], "iters": len(log),
+           "gold_start": gold[0], "gold_max": top, "gold_peak": gold[peak], "peak_iter": peak + 1, "gold_end": gold[-1],
+           "sqrt_kl_at_peak": math.sqrt(kl[peak]), "sqrt_kl_end": math.sqrt(kl[-1]),
+           "proxy_end": sum(r["objective/rm_score"] for r in last) / len(last),
+           "kl_end": sum(r["objective/kl"] for r in last) / len(last),
+           "seconds": log[-1]["time/elapsed"]}
+    row["over_optimised"] = top - row["gold_end"] > DROP
+    row["curve"] = {"iter": [r["step"] for r in log], "gold": gold, "sqrt_kl": [math.sqrt(k) for k in kl],
+                    "proxy": smooth([r["objective/rm_score"] for r in log]), "seconds": [r["time/elapsed"] for r in log]}
+    row["firing"] = {z: {} for z in Z_FIRE}
+    for z in Z_FIRE:
+        for signal, direction in SIGNALS.items():
+            if all(signal in r for r in log):
+                fired = first_firing([r[signal] for r in log], z, direction)
+                row["firing"][z][signal] = None if fired is None else fired + 1  # 1-based iteration, as logged
+    return row
+
+
+def at(curve, key, x, value="gold"):
+    """The smoothed `value` at the first point where curve[key] reaches x (None if it never does)."""
+    for k, v in zip(curve[key], curve[value]):
+        if k >= x:
+            return v
+    return None
+
+
+def gold_if_stopped(r, fired):
+    return r["curve"]["gold"][-1] if fired is None else r["curve"]["gold"][fired - 1]
+
+
+def signal_table(rows, z):
+    over = [r for r in rows if r["over_optimised"]]
+    calm = [r for r in rows if not r["over_optimised"]]
+    table = {"(no early stop)": {"gold_if_stopped": sum(r["gold_end"] for r in rows) / len(rows)},
+             "(oracle: stop at the gold maximum)": {"gold_if_stopped": sum(r["gold_max"] for r in rows) / len(rows)}}
+    for signal in SIGNALS:
+        o = [r for r in over if signal in r["firing"][z]]
+        c = [r for r in calm if signal in r["firing"][z]]
+        if not o and not c:
+            continue
+        leads = {r["name"]: r["peak_iter"] - r["firing"][z][signal] for r in o if r["firing"][z][signal] is not None}
+        table[signal] = {"over_runs": len(o), "fired": len(leads), "leads": leads,
+                         "median_lead": sorted(leads.values())[len(leads) // 2] if leads else None,
+                         "warned_before_peak": sum(x > 0 for x in leads.values()),
+                         "calm_runs": len(c), "false_alarms": sum(r["firing"][z][signal] is not None for r in c)}
+        if len(o) + len(c) == len(rows):  # logged by every run: comparable with the yardsticks
+            table[signal]["gold_if_stopped"] = sum(gold_if_stopped(r, r["firing"][z][signal]) for r in rows) / len(rows)
+    return table
+
+
+def analyse(out, stages, json_path, plot_path):
+    rows = []
+    for st in stages:
+        path = f"{st.resume_dir}/log.jsonl"
+        if os.path.exists(path) and len(read_log(path)) >= 20:
+            rows.append(summarise(st, read_log(path)))
+    print(f"{'run':<34}{'iters':>6}{'gold0':>7}{'max':>7}{'@it':>5}{'end':>7}{'sqrtKL*':>8}{'sqrtKL':>7}{'proxy':>7}{'sec':>6}  over")
+    for r in rows:
+        print(f"{r['name']:<34}{r['iters']:>6}{r['gold_start']:>7.3f}{r['gold_max']:>7.3f}{r['peak_iter']:>5}{r['gold_end']:>7.3f}"
+              f"{r['sqrt_kl_at_peak']:>8.2f}{r['sqrt_kl_end']:>7.2f}{r['proxy_end']:>7.2f}{r['seconds']:>6.0f}  {r['over_optimised']}")
+    # critic-free against PPO on the noisy labels: equal wall time and equal KL, per seed
+    algos = {}
+    for r in rows:
+        if r["noise"] == "flip" and r["agg"] == "single" and r["kl_coef"] == 0.0:
+            algos.setdefault(r["seed"], {})[r["algo"]] = r
+    compare = []
+    for seed, by in sorted(algos.items()):
+        if len(by) < 2:
+            continue
+        t = min(r["curve"]["seconds"][-1] for r in by.values())
+        k = min(r["curve"]["sqrt_kl"][-1] for r in by.values())
+        for algo, r in by.items():
+            compare.append({"seed": seed, "algo": algo, "equal_time_s": t, "gold_at_equal_time": at(r["curve"], "seconds", t),
+                            "proxy_at_equal_time": at(r["curve"], "seconds", t, "proxy"),
+                            "sqrt_kl_at_equal_time": at(r["curve"], "seconds", t, "sqrt_kl"),
+                            "equal_sqrt_kl": k, "gold_at_equal_kl": at(r["curve"], "sqrt_kl", k),
+                            "gold_max": r["gold_max"], "sec_per_iter": r["seconds"] / r["iters"],
+                            "gold_max_within_equal_time": max(g for g, sec in zip(r["curve"]["gold"], r["curve"]["seconds"]) if sec <= t),
+                            "seconds_to_gold_max": r["curve"]["seconds"][r["curve"]["gold"].index(r["gold_max"])]})
+    for c in compare:
+        print(f"seed {c['seed']} {c['algo']:<5} gold@{c['equal_time_s']:.0f}s {c['gold_at_equal_time']:.3f} "
+              f"(sqrtKL {c['sqrt_kl_at_equal_time']:.2f})  gold@sqrtKL {c['equal_sqrt_kl']:.2f} {c['gold_at_equal_kl']:.3f}  "
+              f"max {c['gold_max']:.3f}  {c['sec_per_iter']:.2f} s/iter")
+    signals = {z: signal_table(rows, z) for z in Z_FIRE}
+    for z in Z_FIRE:
+        print(f"early warning at z = {z}: lead = gold-peak iteration - firing iteration (> 0 warns before the fall)")
+        for s, v in signals[z].items():
+            if "fired" not in v:
+                print(f"  {s:<26} gold if stopped {v['gold_if_stopped']:.3f}")
+                continue
+            print(f"  {s:<26} gold if stopped {v.get('gold_if_stopped', float('nan')):.3f}; fired {v['fired']}/{v['over_runs']} over-optimised runs, leads {v['leads']}, before the "
+                  f"peak {v['warned_before_peak']}; false alarms {v['false_alarms']}/{v['calm_runs']}")
+    result = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": platform.platform(),
+              "note": "2 CPU cores shared with other jobs: seconds are noisy", "smooth": SMOOTH, "drop": DROP,
+              "z_fire": Z_FIRE, "runs": rows, "algorithms": compare, "signals": signals}
+    os.makedirs(os.path.dirname(json_path), exist_ok=True)
+    with open(json_path, "w") as f:
+        json.dump(result, f, indent=1)
+    plot(rows, plot_path)
+    print(f"wrote {json_path} and {plot_path}")
+    return result
+
+
+def plot(rows, path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.6))
+    colours = {"single": "k", "mean": "tab:blue", "min": "tab:red", "uwo": "tab:green",
+               "ppo": "k", "rloo": "tab:orange", "grpo": "tab:purple"}
+    for r in rows:
+        c = r["curve"]
+        if r["algo"] == "ppo" and r["seed"] == 0:
+            style = "-" if r["noise"] == "flip" else "--"
+            colour = colours[r["agg"]] if r["kl_coef"] == 0.0 else "grey"
+            axes[0].plot(c["sqrt_kl"], c["gold"], style, color=colour, label=f"{r['agg']}, {r['noise']}, kl_coef {r['kl_coef']}")
+        if r["noise"] == "flip" and r["agg"] == "single" and r["kl_coef"] == 0.0:
+            lab = r["algo"] if r["seed"] == 0 else None
+            axes[1].plot(c["sqrt_kl"], c["gold"], color=colours[r["algo"]], label=lab, alpha=0.8)
+            axes[2].plot(c["seconds"], c["gold"], color=colours[r["algo"]], label=lab, alpha=0.8)
+    axes[0].set_title("PPO: one reward model vs ensembles of 4\n(solid: 25 % flipped labels, dashed: clean)")
+    axes[1].set_title("PPO vs RLOO vs GRPO, 25 % flipped labels")
+    axes[2].set_title("the same against wall time (noisy: shared CPU)")
+    for ax, xl in zip(axes, ("sqrt(KL to SFT)  (nats^0.5)", "sqrt(KL to SFT)  (nats^0.5)", "seconds")):
+        ax.set_xlabel(xl)
+        ax.set_ylabel("gold (smoothed, 11 iterations)")
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def bon_study(out, json_path, ns=(1, 2, 4, 8, 16, 32, 64), n_per_family=20, seed=0, noises=("flip", "clean")):
+    """Best-of-n against one reward model and the ensembles' mean / min / uwo, clean and noisy labels.
+
+    One set of max(ns) SFT samples per held-out prompt (minirlhf.lab.bestofn), each scored once by every
+    member (EnsembleScorer, no_eos_score for an unfinished response as in PPO); the aggregates are taken on
+    those scores (minirlhf.ensemble.aggregate), so every curve ranks the same samples. Curves already in
+    json_path are kept (the same seed draws the same samples), so the clean labels can come later."""
+    import torch
+
+    from minirlhf.checkpoint import load_model
+    from minirlhf.ensemble import EnsembleScorer, aggregate
+    from minirlhf.lab.bestofn import bon_curve, sample_groups, score_groups
+    from minirlhf.lab.world import eval_tasks
+    model, tok, _ = load_model(f"{out}/sft/ckpt.pt", expect="gpt")
+    prompts = [t.prompt for t in eval_tasks(seed, n_per_family)]
+    groups = sample_groups(model, tok, prompts, max(ns), temperature=0.7, max_new_tokens=32, batch_size=256, seed=seed)
+    result = {"n_prompts": len(prompts), "n_samples": max(ns), "seed": seed, "curves": {}}
+    if os.path.exists(json_path):
+        result["curves"] = json.load(open(json_path))["curves"]
+    for noise in noises:
+        if not all(os.path.exists(f"{out}/rm_{noise}{s}/ckpt.pt") for s in range(4)):
+            print(f"best-of-n: skipping {noise} (its four reward models are not all trained)")
+            continue
+        members = [torch.tensor(score_groups(EnsembleScorer(load_model(f"{out}/rm_{noise}{s}/ckpt.pt", expect="scalar")[0], tok), groups))
+                   for s in range(4)]  # (prompts, N) each
+        scores = torch.stack(members)  # (k, prompts, N)
+        for agg in ("single", "mean", "min", "uwo"):
+            proxy = scores[0] if agg == "single" else aggregate(scores, agg, 0.5)
+            rows = bon_curve(groups, proxy.tolist(), list(ns))
+            result["curves"][f"{noise}/{agg}"] = rows
+            print(f"best-of-n {noise:<5} {agg:<6} " + "  ".join(f"n={r['n']} {r['gold']:.3f}" for r in rows))
+    with open(json_path, "w") as f:
+        json.dump(result, f, indent=1)
+    return result
+
+
+def markdown(json_path, bon_path=None):
+    """The README's tables from the results JSON (python -c 'from bench.antioveropt_analysis import markdown; ...')."""
+    res = json.load(open(json_path))
+    out = ["| run | algorithm | labels | reward | kl_coef | seed | gold at start | gold max | gold at end | sqrt(KL) at end "
+           "| proxy at end | seconds | over-optimised |", "|" + "---|" * 13]
+    for r in res["runs"]:
+        out.append(f"| {r['name']} | {r['algo']} | {r['noise']} | {r['agg']} | {r['kl_coef']} | {r['seed']} | {r['gold_start']:.3f} "
+                   f"| {r['gold_max']:.3f} | {r['gold_end']:.3f} | {r['sqrt_kl_end']:.2f} | {r['proxy_end']:.2f} "
+                   f"| {r['seconds']:.0f} | {'yes' if r['over_optimised'] else 'no'} |")
+    out += ["", "| seed | algorithm | gold max (seconds to it) | best gold within equal time | gold at equal time (s) "
+            "| sqrt(KL) then | gold at equal sqrt(KL) | s / iteration |", "|" + "---|" * 8]
+    for c in res["algorithms"]:
+        out.append(f"| {c['seed']} | {c['algo']} | {c['gold_max']:.3f} ({c['seconds_to_gold_max']:.0f}) | {c['gold_max_within_equal_time']:.3f} "
+                   f"| {c['gold_at_equal_time']:.3f} ({c['equal_time_s']:.0f}) "
+                   f"| {c['sqrt_kl_at_equal_time']:.2f} | {c['gold_at_equal_kl']:.3f} (at {c['equal_sqrt_kl']:.2f}) | {c['sec_per_iter']:.1f} |")
+    for z, table in res["signals"].items():
+        out += ["", f"Early warning, firing at z = {z}:", "",
+                "| signal | fired in over-optimised runs | lead (iterations; > 0 = before the gold peak) | false alarms "
+                "| gold if stopped |", "|" + "---|" * 5]
+        for s, v in table.items():
+            g = f"{v['gold_if_stopped']:.3f}" if "gold_if_stopped" in v else "-"
+            if "fired" not in v:
+                out.append(f"| {s} | | | | {g} |")
+                continue
+            leads = ", ".join(f"{x:+d}" for x in v["leads"].values()) or "-"
+            out.append(f"| `{s}` | {v['fired']}/{v['over_runs']} | {leads} | {v['false_alarms']}/{v['calm_runs']} | {g} |")
+    if bon_path and os.path.exists(bon_path):
+        bon = json.load(open(bon_path))
+        ns = [r["n"] for r in next(iter(bon["curves"].values()))]
+        out += ["", f"Best-of-n gold ({bon['n_prompts']} held-out prompts, {bon['n_samples']} SFT samples each, seed {bon['seed']}):", "",
+                "| labels / reward | " + " | ".join(f"n={n}" for n in ns) + " |", "|" + "---|" * (len(ns) + 1)]
+        for key, rows in bon["curves"].items():
+            out.append(f"| {key} | " + " | ".join(f"{r['gold']:.3f}" for r in rows) + " |")
+        out.append("| KL analytic (nats) | " + " | ".join(f"{r['kl_analytic']:.2f}" for r in rows) + " |")
+    return "\n".join(out)

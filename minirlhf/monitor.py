@@ -1,0 +1,107 @@
+"""Early warning of reward hacking: signals that need no gold judge, and an opt-in early stop built on them.
+
+Reward hacking shows in gold only (the proxy keeps rising), and a real run has no gold. These signals are
+cheap to log every iteration from what PPO already has; the lab, which does have gold, measures how many
+iterations before the gold peak each one fires and how often it fires on runs that do not over-optimise
+(bench/bench_antioveropt.py). Logged as monitor/*, beside objective/kl, rollout/response_len, policy/entropy:
+
+    monitor/disagreement     mean over responses of the std across ensemble members of their scores
+                             (Coste et al. 2024; Eisenstein et al. 2023): members agree on the data, not off it
+    monitor/heldout_score    mean score of a held-out reward model (other pairs, other seed; --monitor_rm_ckpt)
+    monitor/rm_gap           mean (training RM score - held-out RM score): the policy exploits what only the
+                             training RM believes (a held-out proxy; Gao et al. 2022 use gold the same way)
+    monitor/above_train_max  fraction of responses the RM scores above every response it was trained on
+                             (train_rm.py stores the quantiles): the policy has left the reward model's data,
+                             a crude out-of-distribution test (InfoRM, Miao et al. 2024, does it in latent space)
+
+Firing rule, one for every signal and for --early_stop: the first `baseline` iterations give a mean and std;
+the signal fires at the first iteration from which z = (x - mean) / std, times its direction (or |z| for a
+signal that may move either way), stays above the threshold for `patience` iterations in a row. The z-score
+makes one threshold mean the same for every signal.
+
+Measured on the lab (bench/bench_antioveropt.py; 9 over-optimising runs of PPO / RLOO / GRPO at kl_coef 0 with
+25 % flipped labels, 2 calm runs at kl_coef 0.2): no signal warned reliably before the gold peak. The best early
+stop is objective/kl at z = 2 (`--early_stop objective/kl:2`): it fired in 9/9 over-optimising runs, a median
+4 iterations after the gold peak (0 to 12 late), and once in the 2 calm runs; stopping there kept a mean gold of
+0.70 against 0.19 without the stop (an oracle stopping at the gold maximum: 0.80).
+"""
+
+import math
+
+import torch
+
+from minirlhf.training import last_token_scores
+
+# signal -> the direction it moves when the policy hacks the reward (+1 rises, -1 falls, 0 either way: real
+# RLHF hacks lengthen responses and collapse entropy, but on the lab the hacks are short answers)
+SIGNALS = {"objective/kl": 1, "objective/rm_score": 1, "rollout/response_len": 0, "policy/entropy": 0,
+           "monitor/disagreement": 1, "monitor/heldout_score": -1, "monitor/rm_gap": 1,
+           "monitor/above_train_max": 1}
+
+
+@torch.no_grad()
+def hacking_signals(reward_model, rm_ckpts, monitor_rm, tokens, mask, P, micro_batch_size):
+    """monitor/* metrics for one batch of rollouts (tokens (B, T) = prompt + response, left-padded prompts)."""
+    members, held_out = [], []
+    for i in range(0, tokens.size(0), micro_batch_size):
+        t, m = tokens[i: i + micro_batch_size], mask[i: i + micro_batch_size]
+        models = getattr(reward_model, "members", [reward_model])  # an ensemble's members, or the one model
+        members.append(torch.stack([last_token_scores(rm, t, m, start=P - 1) for rm in models]))  # (k, b)
+        if monitor_rm is not None:
+            held_out.append(last_token_scores(monitor_rm, t, m, start=P - 1))
+    scores = torch.cat(members, 1)  # (k, B)
+    out = {}
+    if scores.size(0) > 1:
+        out["monitor/disagreement"] = scores.std(0, unbiased=False).mean().item()
+    maxima = [c.get("train_score_quantiles", {}).get("1.0") for c in rm_ckpts]
+    if all(m is not None for m in maxima):
+        out["monitor/above_train_max"] = (scores > torch.tensor(maxima)[:, None]).float().mean().item()
+    if held_out:
+        held_out = torch.cat(held_out)
+        out["monitor/heldout_score"] = held_out.mean().item()
+        out["monitor/rm_gap"] = (scores.mean(0) - held_out).mean().item()
+    return out
+
+
+def first_firing(values, threshold, direction=1, baseline=10, patience=3):
+    """Index (0-based) of the iteration at which the signal fires, or None: see the module docstring."""
+    if len(values) < baseline + patience:
+        return None
+    base = values[:baseline]
+    mean = sum(base) / baseline
+    std = math.sqrt(sum((x - mean) ** 2 for x in base) / (baseline - 1))
+    std = max(std, 1e-3 * max(1.0, abs(mean)))  # a flat baseline (e.g. 0 responses above the max) stays finite
+    run = 0
+    for i in range(baseline, len(values)):
+        z = (values[i] - mean) / std
+        run = run + 1 if (direction * z if direction else abs(z)) > threshold else 0
+        if run == patience:
+            return i - patience + 1
+    return None
+
+
+class EarlyStop:
+    """--early_stop SIGNAL:THRESHOLD ('' = off): stop training once SIGNAL fires (first_firing) on the log so far."""
+
+    def __init__(self, spec, baseline=10, patience=3):
+        self.signal = None
+        if not spec:
+            return
+        name, _, threshold = spec.rpartition(":")
+        if name not in SIGNALS:
+            raise ValueError(f"--early_stop {spec!r}: signal must be one of {', '.join(SIGNALS)}")
+        try:
+            self.threshold = float(threshold)
+        except ValueError:
+            raise ValueError(f"--early_stop {spec!r}: THRESHOLD {threshold!r} is not a number") from None
+        self.signal, self.baseline, self.patience, self.values = name, baseline, patience, []
+
+    def __call__(self, metrics):
+        """Record this iteration's metrics; True when training should stop."""
+        if self.signal is None:
+            return False
+        if self.signal not in metrics:
+            raise ValueError(f"--early_stop: {self.signal} is not logged by this run (ensemble or --monitor_rm_ckpt missing?)")
+        self.values.append(metrics[self.signal])
+        fired = first_firing(self.values, self.threshold, SIGNALS[self.signal], self.baseline, self.patience)
+        return fired is not None

@@ -1,0 +1,291 @@
+"""Stage 3 of RLHF without a critic: RLOO or GRPO against the reward model, k samples per prompt.
+
+    python train_rloo.py --advantage rloo --prompts data/lab/prompts_train.jsonl --sft_ckpt out/sft/ckpt.pt --rm_ckpt out/rm/ckpt.pt
+    python train_rloo.py --advantage grpo --out_dir out/grpo --kl_coef 0.04 ...
+    diff train_ppo.py train_rloo.py    # what a critic-free method changes, and nothing else
+
+A sibling of train_ppo.py: the same rollout, scoring pass and KL-penalised rewards (imported from it), the same
+clipped ratio and update loop. What differs is where the advantage comes from. PPO learns a value model and
+runs GAE; here every prompt is sampled group_size (k) times and each response is judged against the others:
+
+  RLOO (Ahmadian et al. 2024, "Back to Basics"): the KL penalty is folded into the sequence reward,
+      R_i = score_i - kl_coef * sum_t (log pi - log pi_ref),   A_i = R_i - (1 / (k - 1)) sum_{j != i} R_j
+      (the mean of the other k - 1 samples does not depend on response i, so as a baseline it adds no bias).
+  GRPO (Shao et al. 2024, DeepSeekMath): the score alone, normalised within the group,
+      A_i = (score_i - mean_j score_j) / (std_j score_j + eps),
+      and the KL to the reference as a loss term, kl_coef * k3 per token, with the k3 estimator
+      k3 = exp(log pi_ref - log pi) - (log pi_ref - log pi) - 1 >= 0 (unbiased for KL(pi || pi_ref), Schulman 2020).
+Either way A_i is given to every token of response i. No value model, so no value loss and no GAE.
+
+Simplifications and departures:
+  - RLOO as in the paper has no ratio clipping (one update per batch); we keep PPO's clipped ratio and
+    ppo_epochs passes, as TRL's RLOOTrainer does, so the two scripts differ only in the advantage.
+  - GRPO averages the loss per response and then over responses; we average over all valid tokens of the
+    minibatch, as train_ppo.py does (DAPO's "token-level" mean; longer responses weigh more). The group std is
+    the unbiased one (torch.std), as in TRL. No advantage whitening across groups in either method.
+  - The scoring pass is train_ppo.rollout_scores with a value model that returns 0 (there is none to call).
+  - A group is k consecutive rows of the batch; batch_size must be a multiple of group_size (and of the
+    minibatch layout, as in train_ppo.py).
+"""
+
+import dataclasses
+import os
+import time
+from contextlib import ExitStack
+from dataclasses import dataclass
+
+import torch
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from minirlhf.checkpoint import load_model
+from minirlhf.data import PROMPT_FIELDS, encode_prompt, left_pad, read_jsonl
+from minirlhf.ensemble import load_reward_model
+from minirlhf.monitor import EarlyStop, hacking_signals
+from minirlhf.training import (
+    Logger, adamw, all_reduce_mean, check_finite, finish_distributed, load_resume, opt, parse_args,
+    response_logprobs, restore_training_state, resume_path, save_training_checkpoint, seed_everything,
+    set_cpu_threads, setup_runtime, step_generator)
+from train_ppo import kl_penalised_rewards, rollout_scores
+
+
+@dataclass
+class Args:
+    advantage: str = opt("rloo", "'rloo' (leave-one-out baseline, KL in the reward) or 'grpo' (group-normalised, KL as a loss)")
+    group_size: int = opt(4, "k: samples per prompt; the batch holds batch_size / k prompts")
+    prompts: str = opt("data/lab/prompts_train.jsonl", "prompts JSONL: {'prompt'} per line")
+    eval_prompts: str = opt("data/lab/prompts_eval.jsonl", "held-out prompts for the periodic gold evaluation (lab prompts only; '' = none)")
+    sft_ckpt: str = opt("out/sft/ckpt.pt", "SFT checkpoint: the frozen reference (and the initial policy)")
+    policy_ckpt: str = opt("", "start the policy from this checkpoint instead; the KL still measures the distance to sft_ckpt")
+    rm_ckpt: str = opt("out/rm/ckpt.pt", "reward model checkpoint; several comma-separated = an ensemble (minirlhf/ensemble.py)")
+    rm_aggregate: str = opt("mean", "ensemble reward: 'mean', 'min' (worst case) or 'uwo' (mean - uwo_lambda * variance)")
+    uwo_lambda: float = opt(0.5, "rm_aggregate uwo: weight of the variance across members")
+    monitor_rm_ckpt: str = opt("", "a held-out reward model (other pairs or seed), only watched: monitor/rm_gap ('' = none)")
+    early_stop: str = opt("", "SIGNAL:Z, stop once SIGNAL moves Z baseline stds the hacking way, e.g. objective/kl:2 (minirlhf/monitor.py; '' = off)")
+    out_dir: str = opt("out/rloo", "where ckpt.pt and log.jsonl go")
+    num_iters: int = opt(60, "iterations (rollout + update)")
+    batch_size: int = opt(64, "rollouts per iteration (batch_size / group_size prompts), over all ranks")
+    num_minibatches: int = opt(4, "minibatches per epoch (one optimizer step each)")
+    micro_batch_size: int = opt(16, "rollouts per forward/backward (gradient accumulation within a minibatch)")
+    ppo_epochs: int = opt(4, "passes over each batch")
+    max_prompt_len: int = opt(64, "prompts are cut from the left to this many tokens")
+    max_new_tokens: int = opt(32, "response length limit")
+    temperature: float = opt(0.7, "sampling temperature; log-probs use the same")
+    lr: float = opt(3e-5, "policy learning rate (AdamW, constant)")
+    kl_coef: float = opt(0.05, "beta: RLOO's per-token KL penalty in the reward, or GRPO's weight of the k3 KL loss")
+    clip_range: float = opt(0.2, "ratio clip epsilon")
+    no_eos_score: float = opt(-3.0, "score for a response with no end-of-text (normalised reward units)")
+    grad_clip: float = opt(1.0, "clip gradient norms to this (0 = off)")
+    eval_interval: int = opt(10, "iterations between held-out gold evaluations (lab prompts)")
+    ckpt_interval: int = opt(10, "iterations between checkpoints (one is always written at the end)")
+    log_samples: int = opt(2, "sample generations printed with each log line")
+    seed: int = opt(1337, "random seed")
+    device: str = opt("auto", "'auto', 'cpu', 'cuda', 'cuda:1', ...")
+    threads: int = opt(0, "CPU threads for torch (0 = 1 for a tiny model, else the free cores; see set_cpu_threads)")
+    dtype: str = opt("bfloat16", "autocast dtype on GPU ('bfloat16' or 'float32'); CPU always runs fp32")
+    fused_logprobs: bool = opt(False, "log-probs by the fused linear kernel, in rollout and update alike (less memory)")
+    resume: bool = opt(False, "continue from out_dir/ckpt.pt (policy, optimizer, iteration, RNG)")
+    wandb_project: str = opt("", "log to this wandb project ('' = off)")
+
+
+# ----------------------------------------------------------------------------- the math
+
+
+def rloo_advantages(rewards, k):
+    """rewards (B,), k consecutive rows per prompt -> R_i minus the mean of the other k - 1 rewards of its group."""
+    r = rewards.view(-1, k)
+    baseline = (r.sum(1, keepdim=True) - r) / (k - 1)  # leave-one-out mean
+    return (r - baseline).view(-1)
+
+
+def grpo_advantages(rewards, k, eps=1e-4):
+    """rewards (B,), k consecutive rows per prompt -> (r - group mean) / (group std + eps)."""
+    r = rewards.view(-1, k)
+    return ((r - r.mean(1, keepdim=True)) / (r.std(1, keepdim=True) + eps)).view(-1)
+
+
+def no_value_model(tokens, mask, start=0):
+    """Stands in for the value model in train_ppo.rollout_scores: V = 0 (critic-free methods have none)."""
+    return torch.zeros_like(tokens[:, start:], dtype=torch.float)
+
+
+def main(args):
+    if args.advantage not in ("rloo", "grpo"):
+        raise ValueError(f"--advantage: {args.advantage!r} is not 'rloo' or 'grpo'")
+    if args.group_size < 2 or args.batch_size % args.group_size:
+        raise ValueError(f"--group_size {args.group_size}: needs >= 2 and to divide --batch_size {args.batch_size}")
+    rt = setup_runtime(args.device)
+    seed_everything(args.seed + rt.rank)
+    os.makedirs(args.out_dir, exist_ok=True)
+
+    # ---- three models: the policy is trained; reference and reward model are frozen. All in eval mode.
+    policy, tok, _ = load_model(args.policy_ckpt or args.sft_ckpt, expect="gpt", device=rt.device)
+    ref_policy, ref_tok, _ = load_model(args.sft_ckpt, expect="gpt", device=rt.device)
+    if ref_tok.name != tok.name:
+        raise ValueError(f"{args.policy_ckpt} uses tokenizer {tok.name!r} but {args.sft_ckpt} uses {ref_tok.name!r}")
+    reward_model, rm_tok, rm_ckpts = load_reward_model(args.rm_ckpt, args.rm_aggregate, args.uwo_lambda, rt.device)
+    monitor_rm = load_model(args.monitor_rm_ckpt, expect="scalar", device=rt.device)[0] if args.monitor_rm_ckpt else None
+    early_stop = EarlyStop(args.early_stop)
+    if rm_tok.name != tok.name:
+        raise ValueError(f"SFT model uses tokenizer {tok.name!r} but the reward model uses {rm_tok.name!r}")
+    if not all(c.get("normalised") for c in rm_ckpts):
+        print(f"warning: {args.rm_ckpt} is not normalised on SFT samples; no_eos_score and kl_coef lose their scale")
+    for frozen in (ref_policy, reward_model):
+        frozen.requires_grad_(False)
+    policy_opt = adamw(policy, args.lr)
+    kl_coef, it = args.kl_coef, 0
+    if args.resume:
+        ckpt = load_resume(args.out_dir)
+        policy.load_state_dict(ckpt["model"])
+        it = restore_training_state(ckpt, policy_opt)
+        if rt.master:
+            print(f"resumed from {resume_path(args.out_dir)} at iteration {it}")
+    policy_ddp = DDP(policy) if rt.world_size > 1 else policy
+    logger = Logger(args.out_dir, rt.master, args.wandb_project, dataclasses.asdict(args), resume=args.resume)
+
+    # ---- prompts; lab prompts (with a "family" field) are also judged by the gold judge
+    rows = read_jsonl(args.prompts, PROMPT_FIELDS)
+    encoded = [encode_prompt(tok, r["prompt"], args.max_prompt_len) for r in rows]
+    prompts = [ids for ids, _ in encoded]
+    is_lab = all("family" in r for r in rows)
+    eval_rows = read_jsonl(args.eval_prompts, PROMPT_FIELDS) if is_lab and args.eval_prompts else []
+    threads = set_cpu_threads(policy.num_params(), args.threads)
+    if rt.master:
+        print(f"{len(prompts)} prompts ({sum(c for _, c in encoded)} cut from the left to {args.max_prompt_len} "
+              f"tokens); policy {policy.num_params() / 1e6:.2f}M parameters on {rt.device} ({threads} CPU threads); world size {rt.world_size}")
+    per_rank = args.batch_size // rt.world_size
+    mb_size = per_rank // args.num_minibatches
+    assert per_rank % args.num_minibatches == 0 and mb_size % min(args.micro_batch_size, mb_size) == 0, \
+        "batch_size / world_size / num_minibatches must be a multiple of micro_batch_size"
+    assert per_rank % args.group_size == 0, "batch_size / world_size must be a multiple of group_size"
+    micro = min(args.micro_batch_size, mb_size)
+
+    while it < args.num_iters:
+        # ---- 1. rollout: per_rank / k prompts, each k times in consecutive rows
+        t0 = time.time()
+        pick = torch.randint(len(prompts), (per_rank // args.group_size,), generator=step_generator(args.seed, it, rt.rank, stream=1))
+        pick = pick.repeat_interleave(args.group_size).tolist()
+        ids, prompt_mask = left_pad([prompts[i] for i in pick], tok.pad_token)
+        tokens, mask = policy.generate(ids.to(rt.device), prompt_mask.to(rt.device), args.max_new_tokens,
+                                       eos_token_id=tok.eot_token, pad_token_id=tok.pad_token,
+                                       temperature=args.temperature,
+                                       generator=step_generator(args.seed, it, rt.rank, rt.device))
+        P = ids.size(1)
+        response, response_mask = tokens[:, P:], mask[:, P:]  # (B, R); tokens after the end-of-text are masked
+        t_generate = time.time() - t0
+
+        # ---- 2. score (train_ppo's scoring pass; no value model)
+        t0 = time.time()
+        with rt.autocast(args.dtype):
+            logprobs, ref_logprobs, _, raw_scores = rollout_scores(
+                policy, ref_policy, no_value_model, reward_model, tokens, mask, P, args)
+        m = response_mask.float()
+        t_score = time.time() - t0
+
+        # ---- 3. rewards and advantages from the group: one number per response, given to each of its tokens
+        with torch.no_grad():
+            in_reward = kl_coef if args.advantage == "rloo" else 0.0  # GRPO puts the KL in the loss instead
+            rewards, kl, scores, ended = kl_penalised_rewards(logprobs, ref_logprobs, raw_scores, response, m,
+                                                              tok.eot_token, in_reward, args.no_eos_score)
+            sequence_rewards = rewards.sum(1)  # (B,): score - in_reward * sequence KL
+            if args.advantage == "rloo":
+                advantages = rloo_advantages(sequence_rewards, args.group_size)
+            else:
+                advantages = grpo_advantages(sequence_rewards, args.group_size)
+            advantages = advantages[:, None] * m  # (B, R)
+
+        # ---- 4. update: epochs x minibatches x micro-batches, the clipped ratio as in PPO
+        t0 = time.time()
+        stats = {k: [] for k in ("pg_loss", "kl_loss", "approx_kl", "clipfrac", "entropy", "ratio")}
+        first_ratio_error = None
+        for epoch in range(args.ppo_epochs):
+            order = torch.randperm(per_rank, generator=step_generator(args.seed + 1, it * args.ppo_epochs + epoch, rt.rank))
+            for start in range(0, per_rank, mb_size):
+                mb = order[start: start + mb_size]
+                n_valid = m[mb].sum()  # the minibatch's valid tokens: every loss is a mean over them
+                chunks = list(mb.split(micro))
+                for k, idx in enumerate(chunks):
+                    with ExitStack() as stack:
+                        if rt.world_size > 1 and k < len(chunks) - 1:  # synchronise gradients once per minibatch
+                            stack.enter_context(policy_ddp.no_sync())
+                        stack.enter_context(rt.autocast(args.dtype))
+                        mk = m[idx]
+                        new_logprobs, entropy = response_logprobs(policy_ddp, tokens[idx], mask[idx], P,
+                                                                  args.temperature, return_entropy=True,
+                                                                  fused=args.fused_logprobs)
+                        logratio = (new_logprobs - logprobs[idx]) * mk
+                        ratio = torch.exp(logratio)
+                        adv = advantages[idx]
+                        pg_losses = torch.max(-adv * ratio, -adv * ratio.clamp(1 - args.clip_range, 1 + args.clip_range))
+                        pg_loss = (pg_losses * mk).sum() / n_valid
+
+                        ref_logratio = (ref_logprobs[idx] - new_logprobs) * mk
+                        k3 = torch.exp(ref_logratio) - ref_logratio - 1  # k3 estimator of KL(pi || pi_ref), per token
+                        kl_loss = (k3 * mk).sum() / n_valid if args.advantage == "grpo" else torch.zeros(())
+                        (pg_loss + kl_coef * kl_loss).backward()
+
+                    with torch.no_grad():
+                        n_mk = mk.sum()
+                        if first_ratio_error is None:
+                            first_ratio_error = ((ratio - 1).abs() * mk).max().item()
+                        stats["pg_loss"].append(pg_loss.item() * n_valid.item() / n_mk.item())
+                        stats["kl_loss"].append(kl_loss.item() * n_valid.item() / n_mk.item())
+                        stats["approx_kl"].append((0.5 * logratio ** 2 * mk).sum().item() / n_mk.item())
+                        stats["clipfrac"].append((((ratio - 1).abs() > args.clip_range).float() * mk).sum().item() / n_mk.item())
+                        stats["entropy"].append((entropy * mk).sum().item() / n_mk.item())
+                        stats["ratio"].append((ratio * mk).sum().item() / n_mk.item())
+                check_finite(stats["pg_loss"][-1] + stats["kl_loss"][-1], "policy loss", it, args.out_dir)
+                torch.nn.utils.clip_grad_norm_(policy.parameters(), args.grad_clip or float("inf"))
+                policy_opt.step()
+                policy_opt.zero_grad(set_to_none=True)
+        t_update = time.time() - t0
+
+        # ---- statistics, evaluation, checkpoint
+        seq_kl = kl.sum(1)  # (B,) sequence KL estimate
+        mean_kl = all_reduce_mean(seq_kl.mean().item(), rt)
+        metrics = {
+            "objective/rm_score": all_reduce_mean(raw_scores.mean().item(), rt),
+            "objective/score": all_reduce_mean(scores.mean().item(), rt),
+            "objective/kl": mean_kl,
+            "objective/reward": all_reduce_mean((scores - kl_coef * seq_kl).mean().item(), rt),
+            "objective/kl_coef": kl_coef,
+            **{f"policy/{k}": all_reduce_mean(sum(stats[k]) / len(stats[k]), rt)
+               for k in ("approx_kl", "clipfrac", "entropy", "ratio")},
+            "policy/loss": all_reduce_mean(sum(stats["pg_loss"]) / len(stats["pg_loss"]), rt),
+            "policy/kl_loss": all_reduce_mean(sum(stats["kl_loss"]) / len(stats["kl_loss"]), rt),
+            "policy/first_ratio_error": first_ratio_error,
+            "rollout/eos_rate": all_reduce_mean(ended.float().mean().item(), rt),
+            "rollout/response_len": all_reduce_mean(response_mask.float().sum(1).mean().item(), rt),
+            "time/generate": t_generate, "time/score": t_score, "time/update": t_update,
+        }
+        texts = [tok.decode(response[b][response_mask[b]].tolist()).removesuffix("<|endoftext|>") for b in range(per_rank)]
+        if is_lab:  # the truth, which the policy never sees: gold score of this iteration's own rollouts
+            from minirlhf.lab import gold
+            golds = [gold(rows[i]["prompt"], text, ended=bool(e)).score for i, text, e in zip(pick, texts, ended)]
+            metrics["lab/gold"] = all_reduce_mean(sum(golds) / len(golds), rt)
+        metrics.update({k: all_reduce_mean(v, rt) for k, v in hacking_signals(  # early warning (minirlhf/monitor.py)
+            reward_model, rm_ckpts, monitor_rm, tokens, mask, P, args.micro_batch_size).items()})
+        it += 1
+        if eval_rows and rt.master and (it % args.eval_interval == 0 or it == args.num_iters):
+            from minirlhf.lab.evaluate import evaluate_policy
+            report = evaluate_policy(policy, tok, [r["prompt"] for r in eval_rows], temperature=args.temperature,
+                                     max_new_tokens=args.max_new_tokens, seed=args.seed)
+            metrics.update({f"eval/{k}": v for k, v in report.items() if isinstance(v, (int, float))})
+        logger.log(it, metrics, ["objective/rm_score", "objective/kl", "lab/gold", "eval/gold", "policy/approx_kl",
+                                 "policy/clipfrac", "policy/kl_loss", "rollout/eos_rate", "time/generate",
+                                 "time/score", "time/update"])
+        if rt.master and args.log_samples:
+            for b in range(min(args.log_samples, per_rank)):
+                print(f"    {rows[pick[b]]['prompt']!r} -> {texts[b]!r}  (score {scores[b].item():+.2f})")
+        stop = early_stop(metrics)
+        if stop and rt.master:
+            print(f"early stop at iteration {it}: {args.early_stop} fired")
+        if it % args.ckpt_interval == 0 or it == args.num_iters or stop:
+            save_training_checkpoint(rt, args.out_dir, policy, stage=args.advantage, tokenizer_name=tok.name, step=it,
+                                     args=args, optimizer=policy_opt, kl_coef=kl_coef)
+        if stop:
+            break
+    finish_distributed(policy, rt)
+
+
+if __name__ == "__main__":
+    main(parse_args(Args))
