@@ -4,9 +4,10 @@
     python train_rloo.py --advantage grpo --out_dir out/grpo --kl_coef 0.04 ...
     diff train_ppo.py train_rloo.py    # what a critic-free method changes, and nothing else
 
-A sibling of train_ppo.py: the same rollout, scoring pass and KL-penalised rewards (imported from it), the same
-clipped ratio and update loop. What differs is where the advantage comes from. PPO learns a value model and
-runs GAE; here every prompt is sampled group_size (k) times and each response is judged against the others:
+A sibling of train_ppo.py: the same rollout, scoring pass, KL-penalised rewards, prompt check and --exact_kl
+diagnostic (imported from it), the same clipped ratio and update loop. What differs is where the advantage comes
+from. PPO learns a value model and runs GAE; here every prompt is sampled group_size (k) times and each response
+is judged against the others:
 
   RLOO (Ahmadian et al. 2024, "Back to Basics"): the KL penalty is folded into the sequence reward,
       R_i = score_i - kl_coef * sum_t (log pi - log pi_ref),   A_i = R_i - (1 / (k - 1)) sum_{j != i} R_j
@@ -24,8 +25,9 @@ Simplifications and departures:
     minibatch, as train_ppo.py does (DAPO's "token-level" mean; longer responses weigh more). The group std is
     the unbiased one (torch.std), as in TRL. No advantage whitening across groups in either method.
   - The scoring pass is train_ppo.rollout_scores with a value model that returns 0 (there is none to call).
-  - A group is k consecutive rows of the batch; batch_size must be a multiple of group_size (and of the
-    minibatch layout, as in train_ppo.py).
+  - A group is k consecutive rows of one rank's batch: batch_size / world_size must be a multiple of group_size
+    (Args.check), besides train_ppo.py's split into minibatches and micro-batches. Minibatches are drawn across
+    groups: the advantages are fixed before the update.
 """
 
 import dataclasses
@@ -40,51 +42,69 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from minirlhf.checkpoint import load_model
 from minirlhf.data import PROMPT_FIELDS, encode_prompt, left_pad, read_jsonl
 from minirlhf.ensemble import load_reward_model
+from minirlhf.files import describe
 from minirlhf.monitor import EarlyStop, hacking_signals
 from minirlhf.training import (
-    Logger, adamw, all_reduce_mean, check_finite, finish_distributed, load_resume, opt, parse_args,
-    response_logprobs, restore_training_state, resume_path, save_training_checkpoint, seed_everything,
-    set_cpu_threads, setup_runtime, step_generator)
-from train_ppo import kl_penalised_rewards, rollout_scores
+    Logger, adamw, all_reduce_mean, all_reduce_sum, check_finite, finish_distributed,
+    load_resume, opt, parse_args, response_logprobs, restore_training_state, resume_path,
+    save_training_checkpoint, seed_everything, set_cpu_threads, setup_runtime, split_batch, step_generator)
+from train_ppo import check_lab_prompt, exact_kl, kl_penalised_rewards, rollout_scores
 
 
 @dataclass
 class Args:
-    advantage: str = opt("rloo", "'rloo' (leave-one-out baseline, KL in the reward) or 'grpo' (group-normalised, KL as a loss)")
-    group_size: int = opt(4, "k: samples per prompt; the batch holds batch_size / k prompts")
+    advantage: str = opt("rloo", "'rloo' (leave-one-out baseline, KL in the reward) or 'grpo' (group-normalised, KL as a loss)",
+                         choices=("rloo", "grpo"))
+    group_size: int = opt(4, "k: samples per prompt; the batch holds batch_size / k prompts", ge=2)
     prompts: str = opt("data/lab/prompts_train.jsonl", "prompts JSONL: {'prompt'} per line")
     eval_prompts: str = opt("data/lab/prompts_eval.jsonl", "held-out prompts for the periodic gold evaluation (lab prompts only; '' = none)")
     sft_ckpt: str = opt("out/sft/ckpt.pt", "SFT checkpoint: the frozen reference (and the initial policy)")
-    policy_ckpt: str = opt("", "start the policy from this checkpoint instead; the KL still measures the distance to sft_ckpt")
+    policy_ckpt: str = opt("", "start the policy from this checkpoint instead, e.g. the last round's policy "
+                               "in iterated RLHF; the KL penalty still measures the distance to sft_ckpt")
     rm_ckpt: str = opt("out/rm/ckpt.pt", "reward model checkpoint; several comma-separated = an ensemble (minirlhf/ensemble.py)")
-    rm_aggregate: str = opt("mean", "ensemble reward: 'mean', 'min' (worst case) or 'uwo' (mean - uwo_lambda * variance)")
-    uwo_lambda: float = opt(0.5, "rm_aggregate uwo: weight of the variance across members")
+    rm_aggregate: str = opt("mean", "ensemble reward: 'mean', 'min' (worst case) or 'uwo' (mean - uwo_lambda * variance)",
+                            choices=("mean", "min", "uwo"))
+    uwo_lambda: float = opt(0.5, "rm_aggregate uwo: weight of the variance across members", ge=0)
     monitor_rm_ckpt: str = opt("", "a held-out reward model (other pairs or seed), only watched: monitor/rm_gap ('' = none)")
-    early_stop: str = opt("", "SIGNAL:Z, stop once SIGNAL moves Z baseline stds the hacking way, e.g. objective/kl:2 (minirlhf/monitor.py; '' = off)")
+    early_stop: str = opt("", "SIGNAL:Z, stop once SIGNAL moves Z baseline stds the hacking way, e.g. "
+                              "objective/kl:2, the best measured on the lab (minirlhf/monitor.py; '' = off)")
     out_dir: str = opt("out/rloo", "where ckpt.pt and log.jsonl go")
-    num_iters: int = opt(60, "iterations (rollout + update)")
-    batch_size: int = opt(64, "rollouts per iteration (batch_size / group_size prompts), over all ranks")
-    num_minibatches: int = opt(4, "minibatches per epoch (one optimizer step each)")
-    micro_batch_size: int = opt(16, "rollouts per forward/backward (gradient accumulation within a minibatch)")
-    ppo_epochs: int = opt(4, "passes over each batch")
-    max_prompt_len: int = opt(64, "prompts are cut from the left to this many tokens")
-    max_new_tokens: int = opt(32, "response length limit")
-    temperature: float = opt(0.7, "sampling temperature; log-probs use the same")
-    lr: float = opt(3e-5, "policy learning rate (AdamW, constant)")
-    kl_coef: float = opt(0.05, "beta: RLOO's per-token KL penalty in the reward, or GRPO's weight of the k3 KL loss")
-    clip_range: float = opt(0.2, "ratio clip epsilon")
+    num_iters: int = opt(60, "iterations (rollout + update)", ge=1)
+    batch_size: int = opt(64, "rollouts per iteration (batch_size / group_size prompts), over all ranks", ge=1)
+    num_minibatches: int = opt(4, "minibatches per epoch (one optimizer step each)", ge=1)
+    micro_batch_size: int = opt(16, "rollouts per forward/backward (gradient accumulation within a minibatch)", ge=1)
+    ppo_epochs: int = opt(4, "passes over each batch", ge=1)
+    max_prompt_len: int = opt(64, "prompts are cut from the left to this many tokens", ge=1)
+    max_new_tokens: int = opt(32, "response length limit", ge=1)
+    temperature: float = opt(0.7, "sampling temperature; log-probs use the same", gt=0)
+    lr: float = opt(3e-5, "policy learning rate (AdamW, constant)", ge=0)
+    kl_coef: float = opt(0.05, "beta: RLOO's per-token KL penalty in the reward, or GRPO's weight of the k3 KL loss", ge=0)
+    clip_range: float = opt(0.2, "PPO ratio clip epsilon", gt=0)
     no_eos_score: float = opt(-3.0, "score for a response with no end-of-text (normalised reward units)")
-    grad_clip: float = opt(1.0, "clip gradient norms to this (0 = off)")
-    eval_interval: int = opt(10, "iterations between held-out gold evaluations (lab prompts)")
-    ckpt_interval: int = opt(10, "iterations between checkpoints (one is always written at the end)")
-    log_samples: int = opt(2, "sample generations printed with each log line")
+    grad_clip: float = opt(1.0, "clip gradient norms to this (0 = off)", ge=0)
+    eval_interval: int = opt(10, "iterations between held-out gold evaluations (lab prompts)", ge=1)
+    ckpt_interval: int = opt(10, "iterations between checkpoints (one is always written at the end)", ge=1)
+    log_samples: int = opt(2, "sample generations printed with each log line", ge=0)
     seed: int = opt(1337, "random seed")
     device: str = opt("auto", "'auto', 'cpu', 'cuda', 'cuda:1', ...")
-    threads: int = opt(0, "CPU threads for torch (0 = 1 for a tiny model, else the free cores; see set_cpu_threads)")
-    dtype: str = opt("bfloat16", "autocast dtype on GPU ('bfloat16' or 'float32'); CPU always runs fp32")
+    threads: int = opt(0, "CPU threads for torch (0 = 1 for a tiny model, else the free cores; see set_cpu_threads)", ge=0)
+    dtype: str = opt("bfloat16", "autocast dtype on GPU ('bfloat16' or 'float32'); CPU always runs fp32", choices=("bfloat16", "float32"))
     fused_logprobs: bool = opt(False, "log-probs by the fused linear kernel, in rollout and update alike (less memory)")
+    exact_kl: str = opt("auto", "log objective/kl_exact, the full-vocabulary KL to the reference (kernels.full_kl): "
+                                "'true', 'false', or 'auto' = when the vocabulary is at most 8192 tokens (the lab's "
+                                "1013: cheap; GPT-2's 50258: two more forwards and two (micro, R, V) logits)",
+                       choices=("auto", "true", "false"))
     resume: bool = opt(False, "continue from out_dir/ckpt.pt (policy, optimizer, iteration, RNG)")
+    overwrite: bool = opt(False, "start afresh even if out_dir holds a run (its checkpoint and log are replaced)")
     wandb_project: str = opt("", "log to this wandb project ('' = off)")
+
+    def check(self, world_size):
+        """Checks between flags, before any work (parse_args runs it; each flag's own range is in its opt)."""
+        per_rank, _, _ = split_batch(self.batch_size, self.micro_batch_size, world_size, self.num_minibatches)
+        if per_rank % self.group_size:  # a prompt's k samples are consecutive rows of one rank's batch
+            rows = f" gives {per_rank} rows on each of {world_size} ranks, which is" if world_size > 1 else " is"
+            raise ValueError(f"--batch_size {self.batch_size}{rows} not a multiple of --group_size {self.group_size} "
+                             f"(each rank samples its own groups of group_size responses per prompt)")
 
 
 # ----------------------------------------------------------------------------- the math
@@ -109,10 +129,6 @@ def no_value_model(tokens, mask, start=0):
 
 
 def main(args):
-    if args.advantage not in ("rloo", "grpo"):
-        raise ValueError(f"--advantage: {args.advantage!r} is not 'rloo' or 'grpo'")
-    if args.group_size < 2 or args.batch_size % args.group_size:
-        raise ValueError(f"--group_size {args.group_size}: needs >= 2 and to divide --batch_size {args.batch_size}")
     rt = setup_runtime(args.device)
     seed_everything(args.seed + rt.rank)
     os.makedirs(args.out_dir, exist_ok=True)
@@ -143,21 +159,21 @@ def main(args):
     logger = Logger(args.out_dir, rt.master, args.wandb_project, dataclasses.asdict(args), resume=args.resume)
 
     # ---- prompts; lab prompts (with a "family" field) are also judged by the gold judge
-    rows = read_jsonl(args.prompts, PROMPT_FIELDS)
+    rows = read_jsonl(args.prompts, PROMPT_FIELDS, check=check_lab_prompt)
     encoded = [encode_prompt(tok, r["prompt"], args.max_prompt_len) for r in rows]
     prompts = [ids for ids, _ in encoded]
+    longest = max(len(ids) for ids in prompts)
+    if longest + args.max_new_tokens > policy.config.block_size:
+        raise ValueError(f"prompts of up to {longest} tokens (--max_prompt_len {args.max_prompt_len}) + "
+                         f"--max_new_tokens {args.max_new_tokens} > the policy's block_size {policy.config.block_size}")
     is_lab = all("family" in r for r in rows)
     eval_rows = read_jsonl(args.eval_prompts, PROMPT_FIELDS) if is_lab and args.eval_prompts else []
+    log_exact_kl = args.exact_kl == "true" or (args.exact_kl == "auto" and policy.config.vocab_size <= 8192)
     threads = set_cpu_threads(policy.num_params(), args.threads)
     if rt.master:
         print(f"{len(prompts)} prompts ({sum(c for _, c in encoded)} cut from the left to {args.max_prompt_len} "
               f"tokens); policy {policy.num_params() / 1e6:.2f}M parameters on {rt.device} ({threads} CPU threads); world size {rt.world_size}")
-    per_rank = args.batch_size // rt.world_size
-    mb_size = per_rank // args.num_minibatches
-    assert per_rank % args.num_minibatches == 0 and mb_size % min(args.micro_batch_size, mb_size) == 0, \
-        "batch_size / world_size / num_minibatches must be a multiple of micro_batch_size"
-    assert per_rank % args.group_size == 0, "batch_size / world_size must be a multiple of group_size"
-    micro = min(args.micro_batch_size, mb_size)
+    per_rank, mb_size, micro = split_batch(args.batch_size, args.micro_batch_size, rt.world_size, args.num_minibatches)
 
     while it < args.num_iters:
         # ---- 1. rollout: per_rank / k prompts, each k times in consecutive rows
@@ -178,6 +194,7 @@ def main(args):
         with rt.autocast(args.dtype):
             logprobs, ref_logprobs, _, raw_scores = rollout_scores(
                 policy, ref_policy, no_value_model, reward_model, tokens, mask, P, args)
+            token_kl_exact = exact_kl(policy, ref_policy, tokens, mask, P, args) if log_exact_kl else None
         m = response_mask.float()
         t_score = time.time() - t0
 
@@ -201,11 +218,16 @@ def main(args):
             order = torch.randperm(per_rank, generator=step_generator(args.seed + 1, it * args.ppo_epochs + epoch, rt.rank))
             for start in range(0, per_rank, mb_size):
                 mb = order[start: start + mb_size]
-                n_valid = m[mb].sum()  # the minibatch's valid tokens: every loss is a mean over them
+                # the minibatch's valid tokens on all ranks: every loss is a mean over them. DDP averages the ranks'
+                # gradients, so each rank divides by n_total / world_size (as train_sft.py does)
+                n_valid = all_reduce_sum(m[mb].sum().item(), rt) / rt.world_size
                 chunks = list(mb.split(micro))
                 for k, idx in enumerate(chunks):
+                    # Gradients accumulate over the minibatch's micro-batches and are all-reduced once, on the last
+                    # one: DDP's no_sync() skips the all-reduce. An ExitStack enters it (and the autocast)
+                    # conditionally, as one with-block, and leaves them together.
                     with ExitStack() as stack:
-                        if rt.world_size > 1 and k < len(chunks) - 1:  # synchronise gradients once per minibatch
+                        if rt.world_size > 1 and k < len(chunks) - 1:
                             stack.enter_context(policy_ddp.no_sync())
                         stack.enter_context(rt.autocast(args.dtype))
                         mk = m[idx]
@@ -223,12 +245,18 @@ def main(args):
                         kl_loss = (k3 * mk).sum() / n_valid if args.advantage == "grpo" else torch.zeros(())
                         (pg_loss + kl_coef * kl_loss).backward()
 
+                    # Statistics per micro-batch, as means over its own valid tokens (n_mk of them). The losses were
+                    # sums over the micro-batch divided by the minibatch's n_valid (so that the accumulated gradient is
+                    # the minibatch mean); multiplying by n_valid / n_mk turns each back into its micro-batch's mean.
                     with torch.no_grad():
                         n_mk = mk.sum()
                         if first_ratio_error is None:
                             first_ratio_error = ((ratio - 1).abs() * mk).max().item()
-                        stats["pg_loss"].append(pg_loss.item() * n_valid.item() / n_mk.item())
-                        stats["kl_loss"].append(kl_loss.item() * n_valid.item() / n_mk.item())
+                        stats["pg_loss"].append(pg_loss.item() * n_valid / n_mk.item())
+                        stats["kl_loss"].append(kl_loss.item() * n_valid / n_mk.item())
+                        # approx-KL between the rollout policy and the current one, by the k2 estimator
+                        # 0.5 * (log r)^2 on the rollout's tokens (Schulman, "Approximating KL divergence"):
+                        # >= 0 on every token, unlike k1 = -log r; biased, but close to KL for nearby policies.
                         stats["approx_kl"].append((0.5 * logratio ** 2 * mk).sum().item() / n_mk.item())
                         stats["clipfrac"].append((((ratio - 1).abs() > args.clip_range).float() * mk).sum().item() / n_mk.item())
                         stats["entropy"].append((entropy * mk).sum().item() / n_mk.item())
@@ -238,6 +266,7 @@ def main(args):
                 policy_opt.step()
                 policy_opt.zero_grad(set_to_none=True)
         t_update = time.time() - t0
+        check_finite(policy, "policy weights", it, args.out_dir)  # before sampling from them
 
         # ---- statistics, evaluation, checkpoint
         seq_kl = kl.sum(1)  # (B,) sequence KL estimate
@@ -257,6 +286,8 @@ def main(args):
             "rollout/response_len": all_reduce_mean(response_mask.float().sum(1).mean().item(), rt),
             "time/generate": t_generate, "time/score": t_score, "time/update": t_update,
         }
+        if log_exact_kl:  # the same sequence KL, exactly per token along the sampled responses (see exact_kl)
+            metrics["objective/kl_exact"] = all_reduce_mean(token_kl_exact.sum(1).mean().item(), rt)
         texts = [tok.decode(response[b][response_mask[b]].tolist()).removesuffix("<|endoftext|>") for b in range(per_rank)]
         if is_lab:  # the truth, which the policy never sees: gold score of this iteration's own rollouts
             from minirlhf.lab import gold
@@ -270,12 +301,13 @@ def main(args):
             report = evaluate_policy(policy, tok, [r["prompt"] for r in eval_rows], temperature=args.temperature,
                                      max_new_tokens=args.max_new_tokens, seed=args.seed)
             metrics.update({f"eval/{k}": v for k, v in report.items() if isinstance(v, (int, float))})
-        logger.log(it, metrics, ["objective/rm_score", "objective/kl", "lab/gold", "eval/gold", "policy/approx_kl",
+        logger.log(it, metrics, ["objective/rm_score", "objective/kl", "objective/kl_exact", "lab/gold", "eval/gold",
+                                 "policy/approx_kl",
                                  "policy/clipfrac", "policy/kl_loss", "rollout/eos_rate", "time/generate",
                                  "time/score", "time/update"])
         if rt.master and args.log_samples:
             for b in range(min(args.log_samples, per_rank)):
-                print(f"    {rows[pick[b]]['prompt']!r} -> {texts[b]!r}  (score {scores[b].item():+.2f})")
+                print(f"    {describe(rows[pick[b]]['prompt'], 200)} -> {texts[b]!r}  (score {scores[b].item():+.2f})")
         stop = early_stop(metrics)
         if stop and rt.master:
             print(f"early stop at iteration {it}: {args.early_stop} fired")
@@ -284,6 +316,7 @@ def main(args):
                                      args=args, optimizer=policy_opt, kl_coef=kl_coef)
         if stop:
             break
+    del policy_ddp  # it holds the process group: released before the teardown
     finish_distributed(policy, rt)
 
 

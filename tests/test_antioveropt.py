@@ -3,10 +3,10 @@
     python -m pytest tests/test_antioveropt.py -q
 
 Checks the ensemble aggregations (mean, min, mean - lambda * variance) against hand values; RLOO and GRPO
-advantages against a plain Python loop over groups; the firing rule against hand-made series; and, on a
-tiny lab (two reward models of different seeds, and a held-out one), that train_rloo.py runs end to end for
-both advantages with an ensemble (ratio 1 on the first minibatch, every metric finite, the monitor signals
-logged), and that --early_stop stops a run built to over-optimise and stays quiet on one that cannot move.
+advantages against a plain Python loop over groups; the firing rule against hand-made series; that
+train_rloo.py refuses a bad flag (or a batch that does not split into groups) by name; and, on a tiny lab (two
+reward models of different seeds, and a held-out one), that train_rloo.py runs end to end for both advantages
+with an ensemble (ratio 1 on the first minibatch, every metric finite, the monitor signals logged), and that --early_stop stops a run built to over-optimise and stays quiet on one that cannot move.
 """
 
 import json
@@ -77,6 +77,24 @@ def test_firing_rule_on_hand_series():
         EarlyStop("objective/kl:high")
 
 
+@pytest.mark.parametrize("argv,world_size,flags", [
+    (["--group_size", "1"], 1, ["--group_size"]),  # one sample has no others to be judged against
+    (["--advantage", "ppo"], 1, ["--advantage"]),
+    (["--batch_size", "6", "--num_minibatches", "1", "--group_size", "4"], 1, ["--batch_size", "--group_size"]),
+    (["--batch_size", "8", "--num_minibatches", "1", "--group_size", "8"], 2, ["--batch_size", "--group_size"]),
+])
+def test_rloo_refuses_a_bad_flag_by_name(argv, world_size, flags, capsys, monkeypatch, tmp_path):
+    """Ranges, and the groups within each rank's share of the batch (8 splits into one group, not over 2 ranks)."""
+    monkeypatch.setenv("WORLD_SIZE", str(world_size))
+    with pytest.raises(SystemExit) as e:
+        parse_args(train_rloo.Args, argv + ["--out_dir", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and all(f in err for f in flags), err
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    if world_size > 1:  # the same flags on one rank are fine
+        assert parse_args(train_rloo.Args, argv + ["--out_dir", str(tmp_path / "out")]).group_size == 8
+
+
 def rloo_flags(lab, out, advantage, rm):
     flags = ppo_flags(lab, out)
     flags[flags.index("--rm_ckpt") + 1] = rm
@@ -103,8 +121,8 @@ def test_rloo_and_grpo_run_end_to_end(ensemble_lab, tmp_path, advantage):
     assert [row["step"] for row in log] == [1, 2, 3, 4]
     for row in log:
         assert row["policy/first_ratio_error"] < 1e-5
-        for key in ("objective/rm_score", "objective/kl", "policy/kl_loss", "lab/gold", "monitor/disagreement",
-                    "monitor/rm_gap", "monitor/above_train_max"):
+        for key in ("objective/rm_score", "objective/kl", "objective/kl_exact", "policy/kl_loss", "lab/gold",
+                    "monitor/disagreement", "monitor/rm_gap", "monitor/above_train_max"):
             assert math.isfinite(row[key]), key
         assert row["monitor/disagreement"] > 0  # two members of different seeds never agree exactly
     # GRPO's k3 KL loss is >= 0 (and 0 while the policy is the reference); RLOO has none, its KL is in the reward
