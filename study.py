@@ -26,7 +26,6 @@ Outputs in out_dir: study.json (every number), report.md, overopt.png, levers.pn
 """
 
 import argparse
-import json
 import os
 import signal
 import subprocess

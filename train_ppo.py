@@ -55,7 +55,6 @@ from minirlhf.checkpoint import load_model
 from minirlhf.data import PROMPT_FIELDS, encode_prompt, left_pad, read_jsonl
 from minirlhf.ensemble import load_reward_model
 from minirlhf.files import describe
-from minirlhf.model import ScalarGPT
 from minirlhf.monitor import EarlyStop, hacking_signals
 from minirlhf.training import (
     Logger, adamw, all_reduce_mean, all_reduce_sum, check_finite, finish_distributed, last_token_scores,

@@ -33,8 +33,6 @@ ppo_clean_single_kl0.2_s1,rloo_flip_single_s1,grpo_flip_single_s1,ppo_flip_singl
 """
 
 import argparse
-import json
-import math
 import os
 import sys
 from concurrent.futures import ProcessPoolExecutor

@@ -9,7 +9,6 @@ reward models of different seeds, and a held-out one), that train_rloo.py runs e
 with an ensemble (ratio 1 on the first minibatch, every metric finite, the monitor signals logged), and that --early_stop stops a run built to over-optimise and stays quiet on one that cannot move.
 """
 
-import json
 import math
 
 import pytest

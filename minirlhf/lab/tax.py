@@ -26,10 +26,13 @@ import argparse
 import json
 import os
 
+import torch
+
 from minirlhf.data import PREFERENCE_FIELDS, PROMPT_FIELDS, SFT_FIELDS, encode_example, read_jsonl
 from minirlhf.lab.bestofn import analytic_kl, empirical_kl, load_scorer, sample_groups, score_groups
 from minirlhf.lab.evaluate import rm_accuracy, summarize
-from minirlhf.lab.sampling import Sample, batched, reward_scores, sample_responses, sequence_logprobs
+from minirlhf.lab.sampling import Sample, batched, reward_scores, sample_responses
+from minirlhf.training import sequence_logprobs
 
 
 def diversity(samples, k):
@@ -38,6 +41,7 @@ def diversity(samples, k):
     return sum(len({(s.text, s.ended) for s in g}) for g in groups) / len(groups)
 
 
+@torch.no_grad()
 def demo_logprob(model, tok, rows, batch_size=64):
     """Mean log-prob per token (nats, end-of-text included) of demonstration responses under the model, T = 1."""
     samples = []
@@ -50,6 +54,7 @@ def demo_logprob(model, tok, rows, batch_size=64):
     return total / sum(len(s.response_ids) for s in samples)
 
 
+@torch.no_grad()
 def policy_report(model, tok, prompts, k, *, bon=None, ref=None, rm=None, demos=None, temperature=0.7,
                   max_new_tokens=32, batch_size=256, seed=0):
     """The numbers of one policy (bon = (scorer, n) makes it best-of-n of `model`) -> {metric: float}."""
