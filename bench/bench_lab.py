@@ -85,7 +85,7 @@ def markdown_table(results, one_round=None):
     args = " ".join(results.get("quickstart_args") or []) or "(defaults)"
     lines += ["", f"Measured {results['date']} on {results['processor']}, {results['cpu_count']} cores, torch "
               f"{results['torch']}, {results['torch_threads']} threads; quick start options {args}; wall time per seed "
-              f"{totals}."]
+              f"{totals}." + (f" {results['note']}" if results.get("note") else "")]
     return "\n".join(lines)
 
 
@@ -155,6 +155,7 @@ def main():
     p.add_argument("--table", action="store_true", help="print the README table of the results file; run nothing")
     p.add_argument("--check_readme", action="store_true", help="exit 1 if README.md's table differs from the file")
     p.add_argument("--update_readme", action="store_true", help="write the results file's table into README.md")
+    p.add_argument("--note", default="", help="how the runs were made, e.g. on a busy machine (shown under the table)")
     args, extra = p.parse_known_args()  # anything else goes to quickstart.py (e.g. --kl_coef 0.05)
     if args.table or args.check_readme or args.update_readme:
         results = args.results or RESULTS
@@ -199,8 +200,10 @@ def main():
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, "w") as f:
         json.dump({"machine": platform.platform(), "processor": platform.processor() or platform.machine(),
-                   "cpu_count": os.cpu_count(), "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
-                   "quickstart_args": extra, "runs": runs, "ppo_better_seeds": verdicts,
+                   "cpu_count": os.cpu_count(), "torch": torch.__version__,
+                   # each stage picks its own count: one thread for the lab's tiny models (training.set_cpu_threads)
+                   "torch_threads": int(os.environ.get("OMP_NUM_THREADS") or 1),
+                   "quickstart_args": extra, "runs": runs, "ppo_better_seeds": verdicts, "note": args.note,
                    "date": datetime.date.today().isoformat()}, f, indent=1)
     print(f"-> {path}\n(python bench/bench_lab.py --update_readme writes its table into README.md)")
 
