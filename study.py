@@ -32,6 +32,7 @@ import subprocess
 import sys
 import time
 
+from minirlhf.flags import number
 from minirlhf.stages import Stage, run_stages
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
@@ -182,7 +183,7 @@ def main(argv=None):
     p.add_argument("--quick", action="store_true", help="the quick preset (about 10 minutes on 2 cores)")
     p.add_argument("--preset", default=None, choices=sorted(PRESETS), help="overrides --quick")
     p.add_argument("--model", default="small", help="model preset for SFT from scratch (tiny, small)")
-    p.add_argument("--jobs", type=int, default=2, help="stages run at once (lanes)")
+    p.add_argument("--jobs", type=number(int, ge=1), default=2, help="stages run at once (lanes)")
     p.add_argument("--lane", type=int, default=None, help=argparse.SUPPRESS)  # internal: run one lane
     args = p.parse_args(argv)
     preset = args.preset or ("quick" if args.quick else "full")

@@ -35,6 +35,7 @@ import math
 import os
 from collections import Counter
 
+from minirlhf.flags import number
 from minirlhf.lab.gold import gold
 from minirlhf.lab.sampling import sample_responses
 
@@ -168,14 +169,14 @@ def main(argv=None):
     parser.add_argument("--ckpt", required=True, help="the sampling policy (usually the SFT model)")
     parser.add_argument("--rm", required=True, help="the scorer: a reward-model checkpoint, or 'gold'")
     parser.add_argument("--n", default="16", help="n, or comma-separated n's for a curve")
-    parser.add_argument("--n_samples", type=int, default=0, help="samples per prompt for the curve (default max n)")
+    parser.add_argument("--n_samples", type=number(int, ge=0), default=0, help="samples per prompt for the curve (default max n)")
     parser.add_argument("--prompts", default=None, help="prompts JSONL (default: the lab's held-out split)")
-    parser.add_argument("--n_per_family", type=int, default=20, help="default prompts: how many per family")
-    parser.add_argument("--temperature", type=float, default=0.7, help="sampling temperature (PPO's default)")
-    parser.add_argument("--max_new_tokens", type=int, default=32)
-    parser.add_argument("--batch_size", type=int, default=256)
+    parser.add_argument("--n_per_family", type=number(int, ge=1), default=20, help="default prompts: how many per family")
+    parser.add_argument("--temperature", type=number(float, gt=0), default=0.7, help="sampling temperature (PPO's default)")
+    parser.add_argument("--max_new_tokens", type=number(int, ge=1), default=32)
+    parser.add_argument("--batch_size", type=number(int, ge=1), default=256)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--show", type=int, default=0, help="print this many chosen responses (largest n)")
+    parser.add_argument("--show", type=number(int, ge=0), default=0, help="print this many chosen responses (largest n)")
     parser.add_argument("--json", default=None, help="write the curve here")
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args(argv)

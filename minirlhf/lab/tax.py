@@ -28,6 +28,7 @@ import os
 
 import torch
 
+from minirlhf.flags import number
 from minirlhf.data import PREFERENCE_FIELDS, PROMPT_FIELDS, SFT_FIELDS, encode_example, read_jsonl
 from minirlhf.lab.bestofn import analytic_kl, empirical_kl, load_scorer, sample_groups, score_groups
 from minirlhf.lab.evaluate import rm_accuracy, summarize
@@ -95,9 +96,9 @@ def main(argv=None):
     parser.add_argument("--pairs", default=None, help="gold-labelled held-out preference JSONL: RM accuracy")
     parser.add_argument("--demos", default=None, help="held-out demonstrations (SFT JSONL): their log-likelihood")
     parser.add_argument("--prompts", required=True, help="held-out prompts JSONL")
-    parser.add_argument("--k", type=int, default=8, help="samples per prompt (diversity needs k >= 2)")
-    parser.add_argument("--temperature", type=float, default=0.7)
-    parser.add_argument("--max_new_tokens", type=int, default=32)
+    parser.add_argument("--k", type=number(int, ge=2), default=8, help="samples per prompt (diversity needs k >= 2)")
+    parser.add_argument("--temperature", type=number(float, gt=0), default=0.7)
+    parser.add_argument("--max_new_tokens", type=number(int, ge=1), default=32)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", required=True, help="write {name: metrics} here")
     args = parser.parse_args(argv)
