@@ -14,7 +14,7 @@ by minirlhf/stages.py and skipped on a rerun, so a stopped bench resumes):
   runs     PPO against a single reward model and against the mean / min (WCO) / UWO of the ensemble, with and
            without flipped labels, at kl_coef 0 (built to over-optimise); PPO at kl_coef 0.2 on clean labels
            (not over-optimising: the false-alarm runs); RLOO and GRPO beside PPO on the noisy labels
-  queue    reward models and runs named by --only, in that order, `jobs` at a time (what a short session ran)
+  queue    reward models and runs named by --only, in that order, `jobs` at a time (a subset, in a given order)
   analyse  gold peak, gold against sqrt(KL), equal-time and equal-KL comparisons, and each early-warning
            signal's lead time and false alarms (minirlhf.monitor.first_firing), into one JSON and one figure
 

@@ -27,7 +27,7 @@ section had measured is kept):
                    minibatches, bf16 autocast, separate policy/reference/reward/value models): train_ppo.py
                    against TRL 1.12's PPOTrainer (bench/peers/trl_ppo.py), same settings, same GPU
   kernels_compile  the torch.compile provider of the kernel benchmark (compiles take most of its time)
-Then the issue's targets, each met or not, from the numbers above.
+Then the kernels' speed targets, each met or not, from the numbers above.
 
 Results: bench/results/gpu_<GPU name>[_<tag>].json (GPU, driver, CUDA, torch, triton, every figure, what was skipped
 and why), a copy in $OUT when that variable names a folder (with every section's log in gpu_check_logs.txt), and a
