@@ -560,7 +560,7 @@ def kernel_row(results, kernel, provider, H=None, N=8192, V=50257):
 
 
 def targets(results):
-    """The issue's targets for the tuning step, from this run's numbers: met, not met, or not measured."""
+    """The kernels' speed targets for the tuning step, from this run's numbers: met, not met, or not measured."""
     out = {}
 
     def frac(kernel, H=None):
