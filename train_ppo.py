@@ -379,7 +379,7 @@ def main(args):
             golds = [gold(rows[i]["prompt"], text, ended=bool(e)).score for i, text, e in zip(pick, texts, ended)]
             metrics["lab/gold"] = all_reduce_mean(sum(golds) / len(golds), rt)
         metrics.update({k: all_reduce_mean(v, rt) for k, v in hacking_signals(  # early warning (minirlhf/monitor.py)
-            reward_model, rm_ckpts, monitor_rm, tokens, mask, P, args.micro_batch_size).items()})
+            reward_model, rm_ckpts, monitor_rm, tokens, mask, P, args.micro_batch_size, raw_scores).items()})
         if args.adaptive_kl:  # proportional controller: raise beta when KL is above target, lower it below
             error = max(-0.2, min(0.2, mean_kl / args.target_kl - 1))
             kl_coef *= 1 + error * args.batch_size / args.kl_horizon

@@ -294,7 +294,7 @@ def main(args):
             golds = [gold(rows[i]["prompt"], text, ended=bool(e)).score for i, text, e in zip(pick, texts, ended)]
             metrics["lab/gold"] = all_reduce_mean(sum(golds) / len(golds), rt)
         metrics.update({k: all_reduce_mean(v, rt) for k, v in hacking_signals(  # early warning (minirlhf/monitor.py)
-            reward_model, rm_ckpts, monitor_rm, tokens, mask, P, args.micro_batch_size).items()})
+            reward_model, rm_ckpts, monitor_rm, tokens, mask, P, args.micro_batch_size, raw_scores).items()})
         it += 1
         if eval_rows and rt.master and (it % args.eval_interval == 0 or it == args.num_iters):
             from minirlhf.lab.evaluate import evaluate_policy

@@ -40,16 +40,20 @@ SIGNALS = {"objective/kl": 1, "objective/rm_score": 1, "rollout/response_len": 0
 
 
 @torch.no_grad()
-def hacking_signals(reward_model, rm_ckpts, monitor_rm, tokens, mask, P, micro_batch_size):
-    """monitor/* metrics for one batch of rollouts (tokens (B, T) = prompt + response, left-padded prompts)."""
+def hacking_signals(reward_model, rm_ckpts, monitor_rm, tokens, mask, P, micro_batch_size, raw_scores):
+    """monitor/* metrics for one batch of rollouts (tokens (B, T) = prompt + response, left-padded prompts).
+
+    raw_scores (B,): the reward model's scores the scoring pass already read; a single reward model is not run
+    again (an ensemble's members are: their spread is a signal)."""
     members, held_out = [], []
+    models = getattr(reward_model, "members", None)  # an ensemble's members; None for one reward model
     for i in range(0, tokens.size(0), micro_batch_size):
         t, m = tokens[i: i + micro_batch_size], mask[i: i + micro_batch_size]
-        models = getattr(reward_model, "members", [reward_model])  # an ensemble's members, or the one model
-        members.append(torch.stack([last_token_scores(rm, t, m, start=P - 1) for rm in models]))  # (k, b)
+        if models is not None:
+            members.append(torch.stack([last_token_scores(rm, t, m, start=P - 1) for rm in models]))  # (k, b)
         if monitor_rm is not None:
             held_out.append(last_token_scores(monitor_rm, t, m, start=P - 1))
-    scores = torch.cat(members, 1)  # (k, B)
+    scores = torch.cat(members, 1) if models is not None else raw_scores[None]  # (k, B)
     out = {}
     if scores.size(0) > 1:
         out["monitor/disagreement"] = scores.std(0, unbiased=False).mean().item()
