@@ -131,9 +131,10 @@ def step_generator(seed, step, rank=0, device="cpu", stream=0):
 def set_cpu_threads(num_params, requested=0):
     """Choose torch's CPU thread count from the work and the cores that are free; returns it.
 
-    A tiny model's matmuls are too small to split: a second thread gains almost nothing, and when another
-    process holds a core, threads that wait on each other stall (a lab quick start on 2 cores ran 2-3x slower
-    with 2 threads than with 1 beside a busy process). So models under SMALL_MODEL parameters use 1 thread;
+    A small model's matmuls are small: a second thread gains it little (on 2 quiet cores, 12.2 s against 8.1 s for
+    100 steps of the lab's 1M-parameter model), and when another process holds a core, threads that wait on each
+    other stall (beside one busy process, 11.9 s against 26.1 s; the quick-start test 33 s against 360 s). One
+    thread also makes a run's digits independent of the machine's load. So models under SMALL_MODEL use 1 thread;
     bigger ones use the cores not already busy (1-minute load average). `requested` > 0 (the --threads flag)
     or OMP_NUM_THREADS in the environment overrides the choice. On GPU the count only affects host work.
     """
