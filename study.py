@@ -1,7 +1,7 @@
 """The lab as an instrument: reward over-optimisation, the four levers of RLHF and the alignment tax, measured
 against the gold judge, in one resumable command.
 
-    python study.py --quick                       # about 10 minutes on 2 quiet CPU cores (1 seed of the levers)
+    python study.py --quick                       # 9.5 minutes on 2 quiet CPU cores (1 seed of the levers)
     python study.py                               # the full preset: 3 seeds, longer runs (about an hour)
     python study.py --quick --out_dir out/s2 --jobs 1   # one stage at a time
 
@@ -37,14 +37,14 @@ from minirlhf.stages import Stage, run_stages
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 PRESETS = {  # quick: one seed of the levers, shorter runs; full: three seeds
-    "quick": dict(seeds=[0], sft_steps=600, label_prompts=600, few_prompts=60, rm_steps=200, bon_samples=96,
-                  bon_ns=[1, 2, 4, 8, 16, 32, 64], oo_iters=80, oo_batch=32,
-                  oo_runs=[("flip25", 0.0), ("flip25", 0.05), ("clean", 0.0)], lever_iters=30, lever_batch=32,
-                  tax_k=8, dpo_steps=150),
-    "full": dict(seeds=[0, 1, 2], sft_steps=1000, label_prompts=1200, few_prompts=60, rm_steps=300,
-                 bon_samples=256, bon_ns=[1, 2, 4, 8, 16, 32, 64, 128], oo_iters=150, oo_batch=64,
+    "quick": dict(seeds=[0], sft_steps=600, label_prompts=600, few_prompts=60, rm_steps=100, bon_samples=64,
+                  bon_ns=[1, 2, 4, 8, 16, 32, 64], oo_iters=64, oo_batch=32,
+                  oo_runs=[("flip25", 0.0), ("flip25", 0.05), ("clean", 0.0)], lever_iters=20, lever_batch=32,
+                  tax_k=6, dpo_steps=100),
+    "full": dict(seeds=[0, 1, 2], sft_steps=1000, label_prompts=1000, few_prompts=60, rm_steps=200,
+                 bon_samples=128, bon_ns=[1, 2, 4, 8, 16, 32, 64, 128], oo_iters=120, oo_batch=32,
                  oo_runs=[(rm, kl) for rm in ("flip25", "clean") for kl in (0.0, 0.01, 0.05, 0.2)],
-                 lever_iters=40, lever_batch=64, tax_k=8, dpo_steps=200),
+                 lever_iters=30, lever_batch=32, tax_k=8, dpo_steps=150),
     "tiny": dict(seeds=[0], sft_steps=20, label_prompts=24, few_prompts=8, rm_steps=3, bon_samples=4,
                  bon_ns=[1, 2, 4], oo_iters=2, oo_batch=8, oo_runs=[("clean", 0.0)], lever_iters=1, lever_batch=8,
                  tax_k=2, dpo_steps=2, levers=1),  # the test suite's end-to-end run: one reward model

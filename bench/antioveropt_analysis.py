@@ -93,7 +93,59 @@ def signal_table(rows, z):
     return table
 
 
-def analyse(out, stages, json_path, plot_path):
+def dpo_points(out, stages):
+    """DPO's one point per seed: held-out gold and KL to SFT (tax.py), seconds of its whole command."""
+    from minirlhf.stages import marker_path
+    path = f"{out}/runs/dpo_eval.json"
+    if not os.path.exists(path):
+        return []
+    ev = json.load(open(path))
+    points = []
+    for st in stages:
+        name = os.path.basename(st.resume_dir)
+        if name in ev:
+            marker = json.load(open(marker_path(f"{out}/stages/{name}", st.name)))
+            points.append({**st.meta, "name": name, "gold": ev[name]["gold"], "kl": ev[name]["kl"],
+                           "sqrt_kl": math.sqrt(max(ev[name]["kl"], 0.0)), "seconds": marker["seconds"],
+                           "sft_gold": ev["SFT"]["gold"]})
+    return points
+
+
+def spread(xs):
+    """'mean +- sd (min .. max)' over seeds; sd with n - 1."""
+    xs = [x for x in xs if x is not None]
+    if not xs:
+        return None
+    m = sum(xs) / len(xs)
+    sd = math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1)) if len(xs) > 1 else 0.0
+    return {"mean": m, "sd": sd, "min": min(xs), "max": max(xs), "n": len(xs)}
+
+
+def algorithm_summary(compare, dpo):
+    """Per algorithm, over seeds: mean, sd and range of each comparison column; and, against DPO's point of the
+    same seed, each RL method's gold at DPO's seconds and at DPO's sqrt(KL)."""
+    by_seed_dpo = {p["seed"]: p for p in dpo}
+    summary = {}
+    for algo in sorted({c["algo"] for c in compare}, key=("ppo", "rloo", "grpo").index):
+        cs = [c for c in compare if c["algo"] == algo]
+        for c in cs:
+            p = by_seed_dpo.get(c["seed"])
+            if p:
+                c["gold_at_dpo_time"] = at(c["curve"], "seconds", p["seconds"])
+                c["gold_at_dpo_kl"] = at(c["curve"], "sqrt_kl", p["sqrt_kl"])
+        summary[algo] = {k: spread([c.get(k) for c in cs]) for k in (
+            "gold_start", "gold_max", "gold_gain", "gold_max_within_equal_time", "gold_at_equal_time", "gold_at_equal_kl",
+            "sqrt_kl_at_peak", "sec_per_iter", "seconds_to_gold_max", "gold_at_dpo_time", "gold_at_dpo_kl")}
+        summary[algo]["seeds"] = sorted(c["seed"] for c in cs)
+    if dpo:
+        summary["dpo"] = {"gold": spread([p["gold"] for p in dpo]), "sft_gold": spread([p["sft_gold"] for p in dpo]),
+                          "gold_gain": spread([p["gold"] - p["sft_gold"] for p in dpo]),
+                          "sqrt_kl": spread([p["sqrt_kl"] for p in dpo]), "seconds": spread([p["seconds"] for p in dpo]),
+                          "seeds": sorted(p["seed"] for p in dpo)}
+    return summary
+
+
+def analyse(out, stages, json_path, plot_path, dpo=(), note=""):
     rows = []
     for st in stages:
         path = f"{st.resume_dir}/log.jsonl"
@@ -119,13 +171,23 @@ def analyse(out, stages, json_path, plot_path):
                             "proxy_at_equal_time": at(r["curve"], "seconds", t, "proxy"),
                             "sqrt_kl_at_equal_time": at(r["curve"], "seconds", t, "sqrt_kl"),
                             "equal_sqrt_kl": k, "gold_at_equal_kl": at(r["curve"], "sqrt_kl", k),
-                            "gold_max": r["gold_max"], "sec_per_iter": r["seconds"] / r["iters"],
+                            "gold_start": r["gold_start"], "gold_max": r["gold_max"], "gold_gain": r["gold_max"] - r["gold_start"],
+                            "sqrt_kl_at_peak": r["sqrt_kl_at_peak"], "sec_per_iter": r["seconds"] / r["iters"], "curve": r["curve"],
                             "gold_max_within_equal_time": max(g for g, sec in zip(r["curve"]["gold"], r["curve"]["seconds"]) if sec <= t),
                             "seconds_to_gold_max": r["curve"]["seconds"][r["curve"]["gold"].index(r["gold_max"])]})
     for c in compare:
         print(f"seed {c['seed']} {c['algo']:<5} gold@{c['equal_time_s']:.0f}s {c['gold_at_equal_time']:.3f} "
               f"(sqrtKL {c['sqrt_kl_at_equal_time']:.2f})  gold@sqrtKL {c['equal_sqrt_kl']:.2f} {c['gold_at_equal_kl']:.3f}  "
               f"max {c['gold_max']:.3f}  {c['sec_per_iter']:.2f} s/iter")
+    points = dpo_points(out, dpo)
+    summary = algorithm_summary(compare, points)
+    for c in compare:
+        del c["curve"]  # in runs already
+    for p in points:
+        print(f"seed {p['seed']} dpo   held-out gold {p['gold']:.3f} (SFT {p['sft_gold']:.3f})  sqrtKL {p['sqrt_kl']:.2f}  {p['seconds']:.0f} s")
+    for algo, v in summary.items():
+        print(f"{algo:<5} over seeds {v['seeds']}: " + "  ".join(
+            f"{k} {x['mean']:.3f}+-{x['sd']:.3f}" for k, x in v.items() if isinstance(x, dict)))
     signals = {z: signal_table(rows, z) for z in Z_FIRE}
     for z in Z_FIRE:
         print(f"early warning at z = {z}: lead = gold-peak iteration - firing iteration (> 0 warns before the fall)")
@@ -136,17 +198,18 @@ def analyse(out, stages, json_path, plot_path):
             print(f"  {s:<26} gold if stopped {v.get('gold_if_stopped', float('nan')):.3f}; fired {v['fired']}/{v['over_runs']} over-optimised runs, leads {v['leads']}, before the "
                   f"peak {v['warned_before_peak']}; false alarms {v['false_alarms']}/{v['calm_runs']}")
     result = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": platform.platform(),
-              "note": "2 CPU cores shared with other jobs: seconds are noisy", "smooth": SMOOTH, "drop": DROP,
-              "z_fire": Z_FIRE, "runs": rows, "algorithms": compare, "signals": signals}
+              "note": note, "smooth": SMOOTH, "drop": DROP,
+              "z_fire": Z_FIRE, "runs": rows, "algorithms": compare, "dpo": points, "algorithm_summary": summary,
+              "signals": signals}
     os.makedirs(os.path.dirname(json_path), exist_ok=True)
     with open(json_path, "w") as f:
         json.dump(result, f, indent=1)
-    plot(rows, plot_path)
+    plot(rows, plot_path, points)
     print(f"wrote {json_path} and {plot_path}")
     return result
 
 
-def plot(rows, path):
+def plot(rows, path, dpo=()):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -163,6 +226,10 @@ def plot(rows, path):
             lab = r["algo"] if r["seed"] == 0 else None
             axes[1].plot(c["sqrt_kl"], c["gold"], color=colours[r["algo"]], label=lab, alpha=0.8)
             axes[2].plot(c["seconds"], c["gold"], color=colours[r["algo"]], label=lab, alpha=0.8)
+    for i, p in enumerate(dpo):  # one point per seed; its gold is on held-out prompts (the runs': their rollouts)
+        lab = "DPO (held-out gold)" if i == 0 else None
+        axes[1].plot([p["sqrt_kl"]], [p["gold"]], "x", color="tab:cyan", markersize=9, mew=2, label=lab)
+        axes[2].plot([p["seconds"]], [p["gold"]], "x", color="tab:cyan", markersize=9, mew=2, label=lab)
     axes[0].set_title("PPO: one reward model vs ensembles of 4\n(solid: 25 % flipped labels, dashed: clean)")
     axes[1].set_title("PPO vs RLOO vs GRPO, 25 % flipped labels")
     axes[2].set_title("the same against wall time (noisy: shared CPU)")

@@ -15,21 +15,26 @@ by minirlhf/stages.py and skipped on a rerun, so a stopped bench resumes):
            without flipped labels, at kl_coef 0 (built to over-optimise); PPO at kl_coef 0.2 on clean labels
            (not over-optimising: the false-alarm runs); RLOO and GRPO beside PPO on the noisy labels
   queue    reward models and runs named by --only, in that order, `jobs` at a time (a subset, in a given order)
-  analyse  gold peak, gold against sqrt(KL), equal-time and equal-KL comparisons, and each early-warning
-           signal's lead time and false alarms (minirlhf.monitor.first_firing), into one JSON and one figure
+  dpo      DPO on the noisy labels, one run per seed (200 steps, beta 0.1), then SFT and each DPO policy evaluated
+           on the held-out prompts (gold, KL to SFT): DPO's point beside the RL curves
+  analyse  gold peak, gold against sqrt(KL), equal-time and equal-KL comparisons per seed and over seeds (mean,
+           sd, range), and each early-warning signal's lead time and false alarms (minirlhf.monitor.first_firing),
+           into one JSON and one figure
 
 Runs go `jobs` at a time (each model uses one thread). Everything lands in --out_dir (default out/antioveropt).
 Every run: 40 iterations of 64 rollouts, policy lr 1e-4 (3x train_ppo's default, so that over-optimisation
-shows within 40 iterations on a shared CPU), 4 epochs x 4 minibatches, temperature 0.7; RLOO and GRPO with
-group_size 4 (16 prompts x 4 per iteration). What the README's tables come from (2 shared cores, 2026-12-02):
+shows within 40 iterations), 4 epochs x 4 minibatches, temperature 0.7; RLOO and GRPO with group_size 4
+(16 prompts x 4 per iteration). What the README's tables come from (2 quiet cores, 2026-12-02; about 45 minutes):
 
     python bench/bench_antioveropt.py --phase prep
     python bench/bench_antioveropt.py --phase rms
     python bench/bench_antioveropt.py --phase bon
-    python bench/bench_antioveropt.py --phase queue --seeds 2 --only ppo_flip_single_s0,ppo_flip_min_s0,\
-ppo_flip_uwo_s0,ppo_clean_single_kl0.2_s0,ppo_flip_mean_s0,rloo_flip_single_s0,grpo_flip_single_s0,\
-ppo_clean_single_kl0.2_s1,rloo_flip_single_s1,grpo_flip_single_s1,ppo_flip_single_s1
-    python bench/bench_antioveropt.py --phase analyse --seeds 2
+    python bench/bench_antioveropt.py --phase queue --seeds 3 --only ppo_flip_single_s0,rloo_flip_single_s0,\
+grpo_flip_single_s0,ppo_clean_single_kl0.2_s0,ppo_flip_single_s1,rloo_flip_single_s1,grpo_flip_single_s1,\
+ppo_clean_single_kl0.2_s1,ppo_flip_single_s2,rloo_flip_single_s2,grpo_flip_single_s2,ppo_clean_single_kl0.2_s2,\
+ppo_flip_mean_s0,ppo_flip_min_s0,ppo_flip_uwo_s0,ppo_clean_single_s0,ppo_clean_mean_s0,ppo_clean_min_s0,ppo_clean_uwo_s0
+    python bench/bench_antioveropt.py --phase dpo --seeds 3
+    python bench/bench_antioveropt.py --phase analyse --seeds 3 --note "..."
 """
 
 import argparse
@@ -111,6 +116,24 @@ def runs_stages(out, a):
     return st
 
 
+def dpo_stages(out, a):
+    """DPO on the noisy labels (the very pairs the reward models learned from), one run per seed, then one
+    evaluation of SFT and every DPO policy on the held-out prompts (tax.py: gold and KL to SFT at temperature 0.7,
+    as the RL runs' rollouts are sampled). DPO is offline: one point (gold, KL, seconds) per seed, not a curve."""
+    d, sft = f"{out}/data", f"{out}/sft/ckpt.pt"
+    st = []
+    for seed in range(a.seeds):
+        run_dir = f"{out}/runs/dpo_flip_s{seed}"
+        st.append(Stage(f"run dpo_flip_s{seed}", [
+            PY, "train_dpo.py", "--train_data", f"{d}/prefs_flip.jsonl", "--sft_ckpt", sft, "--out_dir", run_dir,
+            "--max_steps", "200", "--log_interval", "50", "--eval_interval", "100000", "--ckpt_interval", "100",
+            "--seed", str(seed), "--threads", "1"], resume_dir=run_dir, meta=dict(algo="dpo", noise="flip", seed=seed)))
+    evaluate = Stage("evaluate dpo", [
+        PY, "-m", "minirlhf.lab.tax", f"SFT={sft}", *[f"dpo_flip_s{s}={out}/runs/dpo_flip_s{s}/ckpt.pt" for s in range(a.seeds)],
+        "--ref", sft, "--prompts", f"{d}/prompts_eval.jsonl", "--k", "4", "--json", f"{out}/runs/dpo_eval.json"])
+    return st, evaluate
+
+
 def run_one(stage, out):
     return run_stages([stage], state_dir=f"{out}/stages/{os.path.basename(stage.resume_dir)}", cwd=ROOT)
 
@@ -125,12 +148,13 @@ def run_parallel(stages, out, jobs):
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out_dir", default="out/antioveropt")
-    p.add_argument("--phase", default="all", choices=["all", "prep", "rms", "bon", "runs", "queue", "analyse"])
+    p.add_argument("--phase", default="all", choices=["all", "prep", "rms", "bon", "runs", "queue", "dpo", "analyse"])
     p.add_argument("--jobs", type=int, default=2)
     p.add_argument("--iters", type=int, default=40)
     p.add_argument("--seeds", type=int, default=1)
     p.add_argument("--only", default="", help="comma-separated output folder names (rm_flip0, ppo_flip_min_s0, ...) to run")
     p.add_argument("--noises", default="flip,clean", help="bon phase: which label sets")
+    p.add_argument("--note", default="", help="analyse: how the runs were made (machine load), kept in the JSON")
     p.add_argument("--json", default="bench/results/antioveropt_cpu.json")
     p.add_argument("--plot", default="bench/results/antioveropt_cpu.png")
     a = p.parse_args()
@@ -151,9 +175,13 @@ def main():
         if a.only:
             st = [s for s in st if os.path.basename(s.resume_dir) in a.only.split(",")]
         run_parallel(st, out, a.jobs)
+    if a.phase in ("all", "dpo"):
+        trainings, evaluate = dpo_stages(out, a)
+        run_parallel(trainings, out, a.jobs)
+        run_stages([evaluate], state_dir=out, cwd=ROOT)
     if a.phase in ("all", "analyse"):
         from bench.antioveropt_analysis import analyse
-        analyse(out, runs_stages(out, a), a.json, a.plot)
+        analyse(out, runs_stages(out, a), a.json, a.plot, dpo=dpo_stages(out, a)[0], note=a.note)
 
 
 if __name__ == "__main__":
