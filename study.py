@@ -2,7 +2,7 @@
 against the gold judge, in one resumable command.
 
     python study.py --quick                       # 9.5 minutes on 2 quiet CPU cores (1 seed of the levers)
-    python study.py                               # the full preset: 3 seeds, longer runs (about an hour)
+    python study.py                               # the full preset: 3 seeds, longer runs (37 minutes measured)
     python study.py --quick --out_dir out/s2 --jobs 1   # one stage at a time
 
 Every stage is one of the project's own commands, printed before it runs, so this file is also the recipe.
@@ -180,7 +180,7 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out_dir", default=None, help="default out/study_quick or out/study")
-    p.add_argument("--quick", action="store_true", help="the quick preset (about 10 minutes on 2 cores)")
+    p.add_argument("--quick", action="store_true", help="the quick preset (9.5 minutes on 2 cores)")
     p.add_argument("--preset", default=None, choices=sorted(PRESETS), help="overrides --quick")
     p.add_argument("--model", default="small", help="model preset for SFT from scratch (tiny, small)")
     p.add_argument("--jobs", type=number(int, ge=1), default=2, help="stages run at once (lanes)")

@@ -293,6 +293,21 @@ def markdown(json_path, bon_path=None):
         out.append(f"| {c['seed']} | {c['algo']} | {c['gold_max']:.3f} ({c['seconds_to_gold_max']:.0f}) | {c['gold_max_within_equal_time']:.3f} "
                    f"| {c['gold_at_equal_time']:.3f} ({c['equal_time_s']:.0f}) "
                    f"| {c['sqrt_kl_at_equal_time']:.2f} | {c['gold_at_equal_kl']:.3f} (at {c['equal_sqrt_kl']:.2f}) | {c['sec_per_iter']:.1f} |")
+    summary = res.get("algorithm_summary", {})
+    if summary:
+        pm = lambda x, f=".3f": "-" if not x else f"{x['mean']:{f}} ± {x['sd']:{f}}"  # noqa: E731
+        out += ["", "Over seeds (mean ± sd): gold from the runs' own rollouts (training prompts); DPO's from the "
+                "held-out prompts, beside the SFT's there.", "",
+                "| algorithm | seeds | gold at start | gold max | gain at max | sqrt(KL) at the peak | gold at equal sqrt(KL) "
+                "| gold at DPO's seconds | gold at DPO's sqrt(KL) | s / iteration |", "|" + "---|" * 10]
+        for algo, v in summary.items():
+            if algo == "dpo":
+                out.append(f"| DPO (200 steps) | {v['seeds']} | {pm(v['sft_gold'])} (SFT, held-out) | {pm(v['gold'])} (held-out) "
+                           f"| {pm(v['gold_gain'])} | {pm(v['sqrt_kl'], '.2f')} | | | | {pm(v['seconds'], '.0f')} s in all |")
+                continue
+            out.append(f"| {algo} | {v['seeds']} | {pm(v['gold_start'])} | {pm(v['gold_max'])} | {pm(v['gold_gain'])} "
+                       f"| {pm(v['sqrt_kl_at_peak'], '.2f')} | {pm(v['gold_at_equal_kl'])} | {pm(v['gold_at_dpo_time'])} "
+                       f"| {pm(v['gold_at_dpo_kl'])} | {pm(v['sec_per_iter'], '.2f')} |")
     for z, table in res["signals"].items():
         out += ["", f"Early warning, firing at z = {z}:", "",
                 "| signal | fired in over-optimised runs | lead (iterations; > 0 = before the gold peak) | false alarms "
