@@ -26,6 +26,7 @@ import time
 from minirlhf.monitor import SIGNALS, first_firing
 
 SMOOTH, DROP, Z_FIRE = 11, 0.05, (2.0, 3.0)
+AGGREGATES = ("single", "mean", "min", "uwo")
 
 
 def smooth(xs, w=SMOOTH):
@@ -145,6 +146,26 @@ def algorithm_summary(compare, dpo):
     return summary
 
 
+def ensemble_summary(rows):
+    """PPO at kl_coef 0 against one reward model and each aggregate of the ensemble, per label set, over seeds:
+    gold at start / max / end, where gold peaked, and gold at equal sqrt(KL) (per seed, the smallest final sqrt(KL)
+    of that seed's runs, so every aggregate is read at a KL it reached)."""
+    summary = {}
+    for noise in ("flip", "clean"):
+        runs = [r for r in rows if r["algo"] == "ppo" and r["noise"] == noise and r["kl_coef"] == 0.0]
+        for seed in {r["seed"] for r in runs}:
+            mine = [r for r in runs if r["seed"] == seed]
+            d = min(r["curve"]["sqrt_kl"][-1] for r in mine)
+            for r in mine:
+                r["equal_sqrt_kl"], r["gold_at_equal_kl"] = d, at(r["curve"], "sqrt_kl", d)
+        for agg in AGGREGATES:
+            mine = [r for r in runs if r["agg"] == agg]
+            if mine:
+                summary[f"{noise}/{agg}"] = {"seeds": sorted(r["seed"] for r in mine), **{k: spread([r[k] for r in mine]) for k in (
+                    "gold_start", "gold_max", "gold_end", "sqrt_kl_at_peak", "sqrt_kl_end", "gold_at_equal_kl", "seconds")}}
+    return summary
+
+
 def analyse(out, stages, json_path, plot_path, dpo=(), note=""):
     rows = []
     for st in stages:
@@ -188,6 +209,10 @@ def analyse(out, stages, json_path, plot_path, dpo=(), note=""):
     for algo, v in summary.items():
         print(f"{algo:<5} over seeds {v['seeds']}: " + "  ".join(
             f"{k} {x['mean']:.3f}+-{x['sd']:.3f}" for k, x in v.items() if isinstance(x, dict)))
+    ensembles = ensemble_summary(rows)
+    for key, v in ensembles.items():
+        print(f"{key:<13} seeds {v['seeds']}: " + "  ".join(
+            f"{k} {x['mean']:.3f}+-{x['sd']:.3f}" for k, x in v.items() if isinstance(x, dict)))
     signals = {z: signal_table(rows, z) for z in Z_FIRE}
     for z in Z_FIRE:
         print(f"early warning at z = {z}: lead = gold-peak iteration - firing iteration (> 0 warns before the fall)")
@@ -200,6 +225,7 @@ def analyse(out, stages, json_path, plot_path, dpo=(), note=""):
     result = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": platform.platform(),
               "note": note, "smooth": SMOOTH, "drop": DROP,
               "z_fire": Z_FIRE, "runs": rows, "algorithms": compare, "dpo": points, "algorithm_summary": summary,
+              "ensemble_summary": ensembles,
               "signals": signals}
     os.makedirs(os.path.dirname(json_path), exist_ok=True)
     with open(json_path, "w") as f:
@@ -230,9 +256,9 @@ def plot(rows, path, dpo=()):
         lab = "DPO (held-out gold)" if i == 0 else None
         axes[1].plot([p["sqrt_kl"]], [p["gold"]], "x", color="tab:cyan", markersize=9, mew=2, label=lab)
         axes[2].plot([p["seconds"]], [p["gold"]], "x", color="tab:cyan", markersize=9, mew=2, label=lab)
-    axes[0].set_title("PPO: one reward model vs ensembles of 4\n(solid: 25 % flipped labels, dashed: clean)")
+    axes[0].set_title("PPO, seed 0: one reward model vs ensembles of 4\n(solid: 25 % flipped labels, dashed: clean)")
     axes[1].set_title("PPO vs RLOO vs GRPO, 25 % flipped labels")
-    axes[2].set_title("the same against wall time (noisy: shared CPU)")
+    axes[2].set_title("the same against wall time (2 runs at a time on 2 cores)")
     for ax, xl in zip(axes, ("sqrt(KL to SFT)  (nats^0.5)", "sqrt(KL to SFT)  (nats^0.5)", "seconds")):
         ax.set_xlabel(xl)
         ax.set_ylabel("gold (smoothed, 11 iterations)")
@@ -293,9 +319,17 @@ def markdown(json_path, bon_path=None):
         out.append(f"| {c['seed']} | {c['algo']} | {c['gold_max']:.3f} ({c['seconds_to_gold_max']:.0f}) | {c['gold_max_within_equal_time']:.3f} "
                    f"| {c['gold_at_equal_time']:.3f} ({c['equal_time_s']:.0f}) "
                    f"| {c['sqrt_kl_at_equal_time']:.2f} | {c['gold_at_equal_kl']:.3f} (at {c['equal_sqrt_kl']:.2f}) | {c['sec_per_iter']:.1f} |")
+    pm = lambda x, f=".3f": "-" if not x else f"{x['mean']:{f}} ± {x['sd']:{f}}"  # noqa: E731
+    ensembles = res.get("ensemble_summary", {})
+    if ensembles:
+        out += ["", "PPO at kl_coef 0, one reward model or an ensemble of 4 (mean ± sd over seeds):", "",
+                "| labels / reward | seeds | gold at start | gold max | gold at end | sqrt(KL) at the peak | sqrt(KL) at end "
+                "| gold at equal sqrt(KL) |", "|" + "---|" * 8]
+        for key, v in ensembles.items():
+            out.append(f"| {key} | {v['seeds']} | {pm(v['gold_start'])} | {pm(v['gold_max'])} | {pm(v['gold_end'])} "
+                       f"| {pm(v['sqrt_kl_at_peak'], '.2f')} | {pm(v['sqrt_kl_end'], '.2f')} | {pm(v['gold_at_equal_kl'])} |")
     summary = res.get("algorithm_summary", {})
     if summary:
-        pm = lambda x, f=".3f": "-" if not x else f"{x['mean']:{f}} ± {x['sd']:{f}}"  # noqa: E731
         out += ["", "Over seeds (mean ± sd): gold from the runs' own rollouts (training prompts); DPO's from the "
                 "held-out prompts, beside the SFT's there.", "",
                 "| algorithm | seeds | gold at start | gold max | gain at max | sqrt(KL) at the peak | gold at equal sqrt(KL) "
