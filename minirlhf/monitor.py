@@ -19,11 +19,11 @@ the signal fires at the first iteration from which z = (x - mean) / std, times i
 signal that may move either way), stays above the threshold for `patience` iterations in a row. The z-score
 makes one threshold mean the same for every signal.
 
-Measured on the lab (bench/bench_antioveropt.py; 9 over-optimising runs of PPO / RLOO / GRPO at kl_coef 0 with
-25 % flipped labels, 2 calm runs at kl_coef 0.2): no signal warned reliably before the gold peak. The best early
-stop is objective/kl at z = 2 (`--early_stop objective/kl:2`): it fired in 9/9 over-optimising runs, a median
-4 iterations after the gold peak (0 to 12 late), and once in the 2 calm runs; stopping there kept a mean gold of
-0.70 against 0.19 without the stop (an oracle stopping at the gold maximum: 0.80).
+Measured on the lab (bench/bench_antioveropt.py, 3 seeds; 22 over-optimising runs of PPO with one reward model or
+an ensemble, RLOO and GRPO at kl_coef 0, 3 calm runs at kl_coef 0.2): no signal warned reliably before the gold
+peak. The best early stop is objective/kl at z = 2 (`--early_stop objective/kl:2`): it fired in 22/22
+over-optimising runs, a median 4 iterations after the gold peak (18 late to 4 early), and once in the 3 calm runs;
+stopping there kept a mean gold of 0.65 against 0.20 without the stop (an oracle stopping at the gold maximum: 0.78).
 """
 
 import math
