@@ -24,7 +24,7 @@ by minirlhf/stages.py and skipped on a rerun, so a stopped bench resumes):
 Runs go `jobs` at a time (each model uses one thread). Everything lands in --out_dir (default out/antioveropt).
 Every run: 40 iterations of 64 rollouts, policy lr 1e-4 (3x train_ppo's default, so that over-optimisation
 shows within 40 iterations), 4 epochs x 4 minibatches, temperature 0.7; RLOO and GRPO with group_size 4
-(16 prompts x 4 per iteration). What the README's tables come from (2 quiet cores, 2026-12-02; 34 minutes in all):
+(16 prompts x 4 per iteration). What the README's tables come from (2 quiet cores, 2026-12-02; 41 minutes in all):
 
     python bench/bench_antioveropt.py --phase prep
     python bench/bench_antioveropt.py --phase rms
@@ -36,6 +36,8 @@ ppo_flip_mean_s0,ppo_flip_min_s0,ppo_flip_uwo_s0,ppo_clean_single_s0,ppo_clean_m
     python bench/bench_antioveropt.py --phase dpo --seeds 3
     python bench/bench_antioveropt.py --phase queue --seeds 3 --only ppo_flip_mean_s1,ppo_flip_min_s1,ppo_flip_uwo_s1,\
 ppo_flip_mean_s2,ppo_flip_min_s2,ppo_flip_uwo_s2
+    python bench/bench_antioveropt.py --phase queue --seeds 3 --only ppo_clean_single_s1,ppo_clean_mean_s1,\
+ppo_clean_min_s1,ppo_clean_uwo_s1,ppo_clean_single_s2,ppo_clean_mean_s2,ppo_clean_min_s2,ppo_clean_uwo_s2
     python bench/bench_antioveropt.py --phase analyse --seeds 3 --note "..."
 """
 

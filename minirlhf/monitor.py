@@ -19,11 +19,12 @@ the signal fires at the first iteration from which z = (x - mean) / std, times i
 signal that may move either way), stays above the threshold for `patience` iterations in a row. The z-score
 makes one threshold mean the same for every signal.
 
-Measured on the lab (bench/bench_antioveropt.py, 3 seeds; 22 over-optimising runs of PPO with one reward model or
-an ensemble, RLOO and GRPO at kl_coef 0, 3 calm runs at kl_coef 0.2): no signal warned reliably before the gold
-peak. The best early stop is objective/kl at z = 2 (`--early_stop objective/kl:2`): it fired in 22/22
-over-optimising runs, a median 4 iterations after the gold peak (18 late to 4 early), and once in the 3 calm runs;
-stopping there kept a mean gold of 0.65 against 0.20 without the stop (an oracle stopping at the gold maximum: 0.78).
+Measured on the lab (bench/bench_antioveropt.py, 3 seeds; 30 over-optimising runs of PPO with one reward model or
+an ensemble, clean or flipped labels, RLOO and GRPO at kl_coef 0; 3 calm runs at kl_coef 0.2): no signal warned
+reliably before the gold peak. The best early stop is objective/kl at z = 2 (`--early_stop objective/kl:2`): it
+fired in 30/30 over-optimising runs, a median 4 iterations after the gold peak (18 late to 4 early), and once in
+the 3 calm runs; stopping there kept a mean gold of 0.64 against 0.20 without the stop (an oracle stopping at the
+gold maximum: 0.77).
 """
 
 import math
