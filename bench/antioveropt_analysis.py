@@ -21,6 +21,7 @@ import json
 import math
 import os
 import platform
+import statistics
 import time
 
 from minirlhf.monitor import SIGNALS, first_firing
@@ -117,9 +118,8 @@ def spread(xs):
     xs = [x for x in xs if x is not None]
     if not xs:
         return None
-    m = sum(xs) / len(xs)
-    sd = math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1)) if len(xs) > 1 else 0.0
-    return {"mean": m, "sd": sd, "min": min(xs), "max": max(xs), "n": len(xs)}
+    sd = statistics.stdev(xs) if len(xs) > 1 else 0.0
+    return {"mean": statistics.fmean(xs), "sd": sd, "min": min(xs), "max": max(xs), "n": len(xs)}
 
 
 def algorithm_summary(compare, dpo):
