@@ -40,7 +40,7 @@ sys.path.insert(0, ROOT)
 
 import torch  # noqa: E402
 
-import kernels  # noqa: E402
+from minirlhf import kernels  # noqa: E402
 
 MODES = ("fwd", "bwd", "fwd+bwd")
 

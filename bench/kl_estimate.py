@@ -25,7 +25,7 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-import kernels  # noqa: E402
+from minirlhf import kernels  # noqa: E402
 from minirlhf.checkpoint import load_model  # noqa: E402
 from minirlhf.data import PROMPT_FIELDS, read_jsonl  # noqa: E402
 from minirlhf.lab.sampling import pack, sample_responses  # noqa: E402

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-import kernels
+from minirlhf import kernels
 from minirlhf.checkpoint import load_checkpoint, load_model, non_finite_entries, save_checkpoint
 from minirlhf.files import truncate_lines
 from minirlhf.flags import number, split_batch  # noqa: F401 (split_batch: the scripts' one micro-batch check)

@@ -16,7 +16,7 @@ import json
 import pytest
 import torch
 
-import kernels
+from minirlhf import kernels
 import train_dpo
 import train_ppo
 import train_rm

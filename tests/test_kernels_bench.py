@@ -9,7 +9,7 @@ import os
 
 import pytest
 
-import kernels
+from minirlhf import kernels
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -9,7 +9,7 @@ there is no GPU, and which would run the kernels in the interpreter). On a GPU m
 import pytest
 import torch
 
-import kernels
+from minirlhf import kernels
 
 needs_gpu = pytest.mark.skipif(not torch.cuda.is_available() or kernels.INTERPRET,
                                reason="needs CUDA and compiled kernels (TRITON_INTERPRET=0)")

@@ -10,7 +10,7 @@ Run: python -m pytest tests/test_kernels_logprobs.py -q   (conftest.py sets TRIT
 import pytest
 import torch
 
-import kernels
+from minirlhf import kernels
 
 requires_interpreter = pytest.mark.skipif(not kernels.INTERPRET, reason="needs triton and TRITON_INTERPRET=1")
 # the interpreter evaluates both sides of tl.where in numpy, which warns on the discarded -inf - -inf

@@ -23,7 +23,7 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-import kernels
+from minirlhf import kernels
 import train_ppo
 import train_rm
 import train_sft

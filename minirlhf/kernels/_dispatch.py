@@ -43,7 +43,7 @@ def triton_on_cpu():
     global _triton_on_cpu
     if not INTERPRET:
         raise RuntimeError("triton_on_cpu() needs triton installed and TRITON_INTERPRET=1 set "
-                           "before `kernels` (or triton) is imported")
+                           "before `minirlhf.kernels` (or triton) is imported")
     previous, _triton_on_cpu = _triton_on_cpu, True
     try:
         yield
