@@ -15,7 +15,7 @@ and the Bradley-Terry loss of train_rm.py, written with that reward, trains the 
     loss = -log sigmoid(beta * ((log pi(y_c) - log pi_ref(y_c)) - (log pi(y_r) - log pi_ref(y_r))))
 
 log pi(y|x) is the sum over the response tokens (end-of-text included) of log p(token | prefix), from the one
-log-prob function, minirlhf.training.response_logprobs (kernels.logprobs; kernels.linear_logprobs with
+log-prob function, minirlhf.scoring.response_logprobs (kernels.logprobs; kernels.linear_logprobs with
 --fused_logprobs true, which never builds the logits). The reference is the SFT model, frozen: its log-probs
 never change, so they are computed once, before the first step, for every pair, and the reference model is then
 dropped. IPO (Azar et al. 2023) replaces the log-sigmoid by a squared loss that pulls the log-ratio margin to a
@@ -46,10 +46,11 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from minirlhf.checkpoint import load_model
 from minirlhf.data import load_pairs, right_pad
+from minirlhf.scoring import sequence_logprobs
 from minirlhf.training import (
     Logger, adamw, all_reduce_sum, check_finite, finish_distributed, cosine_lr, load_resume, opt, parse_args,
-    restore_training_state, resume_path, save_training_checkpoint, seed_everything, sequence_logprobs,
-    set_cpu_threads, setup_runtime, split_batch, step_generator)
+    restore_training_state, resume_path, save_training_checkpoint, seed_everything, set_cpu_threads, setup_runtime,
+    split_batch, step_generator)
 
 
 @dataclass

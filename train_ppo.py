@@ -21,7 +21,7 @@ One iteration:
 The details that decide whether it works, numbered as in the project's checklist "PPO for language models: the
 details that decide whether it works", itself drawn from OpenAI's lm-human-preferences and Huang et al., "The N
 Implementation Details of RLHF with PPO" and its TL;DR follow-up:
-  1  one log-prob function (minirlhf.training.response_logprobs) for rollout, reference and update: on the first
+  1  one log-prob function (minirlhf.scoring.response_logprobs) for rollout, reference and update: on the first
      minibatch the ratio is 1 and approx-KL 0 (logged as policy/first_ratio_error; a test checks it);
   2  the logits are divided by the sampling temperature for policy (old and new) and reference;
   3  dropout off: every model stays in eval mode (it only switches dropout; there is no batch norm);
@@ -30,7 +30,7 @@ Implementation Details of RLHF with PPO" and its TL;DR follow-up:
      loss means; a response with no end-of-text gets the fixed score no_eos_score;
   6  reward = per-token KL penalty + final score, kl_coef fixed or adaptive (Ziegler et al.);
   7  the reward model (Bradley-Terry, from the SFT model, read at the last real token, normalised so that SFT
-     samples score mean 0, std 1) is train_rm.py's work; here it is read by training.last_token_scores, and a
+     samples score mean 0, std 1) is train_rm.py's work; here it is read by scoring.last_token_scores, and a
      checkpoint that is not normalised gets a warning (no_eos_score and kl_coef would lose their scale);
   8  the value model starts from the reward model; clipped value loss;
   9  advantage whitening over valid tokens; ratio clipped at 1 +- clip_range;
@@ -56,10 +56,11 @@ from minirlhf.data import PROMPT_FIELDS, encode_prompt, left_pad, read_jsonl
 from minirlhf.ensemble import load_reward_model
 from minirlhf.files import describe
 from minirlhf.monitor import EarlyStop, hacking_signals
+from minirlhf.scoring import last_token_scores, response_logprobs
 from minirlhf.training import (
-    Logger, adamw, all_reduce_mean, all_reduce_sum, check_finite, finish_distributed, last_token_scores,
-    load_resume, opt, parse_args, response_logprobs, restore_training_state, resume_path,
-    save_training_checkpoint, seed_everything, set_cpu_threads, setup_runtime, split_batch, step_generator)
+    Logger, adamw, all_reduce_mean, all_reduce_sum, check_finite, finish_distributed, load_resume, opt, parse_args,
+    restore_training_state, resume_path, save_training_checkpoint, seed_everything, set_cpu_threads, setup_runtime,
+    split_batch, step_generator)
 
 
 @dataclass

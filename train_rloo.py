@@ -44,10 +44,11 @@ from minirlhf.data import PROMPT_FIELDS, encode_prompt, left_pad, read_jsonl
 from minirlhf.ensemble import load_reward_model
 from minirlhf.files import describe
 from minirlhf.monitor import EarlyStop, hacking_signals
+from minirlhf.scoring import response_logprobs
 from minirlhf.training import (
-    Logger, adamw, all_reduce_mean, all_reduce_sum, check_finite, finish_distributed,
-    load_resume, opt, parse_args, response_logprobs, restore_training_state, resume_path,
-    save_training_checkpoint, seed_everything, set_cpu_threads, setup_runtime, split_batch, step_generator)
+    Logger, adamw, all_reduce_mean, all_reduce_sum, check_finite, finish_distributed, load_resume, opt, parse_args,
+    restore_training_state, resume_path, save_training_checkpoint, seed_everything, set_cpu_threads, setup_runtime,
+    split_batch, step_generator)
 from train_ppo import check_lab_prompt, exact_kl, kl_penalised_rewards, rollout_scores
 
 

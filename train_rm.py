@@ -31,10 +31,11 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from minirlhf.checkpoint import load_model
 from minirlhf.data import encode_prompt, left_pad, load_pairs
 from minirlhf.model import ScalarGPT
+from minirlhf.scoring import last_token_scores
 from minirlhf.training import (
-    Logger, adamw, all_reduce_sum, check_finite, finish_distributed, cosine_lr, last_token_scores,
-    load_resume, opt, parse_args, restore_training_state, resume_path, save_training_checkpoint,
-    seed_everything, set_cpu_threads, setup_runtime, split_batch, step_generator)
+    Logger, adamw, all_reduce_sum, check_finite, finish_distributed, cosine_lr, load_resume, opt, parse_args,
+    restore_training_state, resume_path, save_training_checkpoint, seed_everything, set_cpu_threads, setup_runtime,
+    split_batch, step_generator)
 
 
 @dataclass

@@ -23,10 +23,11 @@ import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from minirlhf.data import SFT_FIELDS, encode_example, read_jsonl, right_pad
+from minirlhf.scoring import response_logprobs
 from minirlhf.training import (
-    Logger, adamw, all_reduce_sum, check_finite, finish_distributed, cosine_lr, init_policy, load_resume,
-    opt, parse_args, response_logprobs, restore_training_state, resume_path, save_training_checkpoint,
-    seed_everything, set_cpu_threads, setup_runtime, split_batch, step_generator)
+    Logger, adamw, all_reduce_sum, check_finite, finish_distributed, cosine_lr, init_policy, load_resume, opt,
+    parse_args, restore_training_state, resume_path, save_training_checkpoint, seed_everything, set_cpu_threads,
+    setup_runtime, split_batch, step_generator)
 
 
 @dataclass

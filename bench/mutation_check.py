@@ -30,11 +30,11 @@ DPO = ["tests/test_dpo.py::test_loss_matches_the_formula"]
 
 # (file, exact code substring, its replacement, what goes wrong, tests that must fail)
 MUTATIONS = [
-    ("minirlhf/training.py", "logits_start=start - 1)[:, :-1]", "logits_start=start)",
+    ("minirlhf/scoring.py", "logits_start=start - 1)[:, :-1]", "logits_start=start)",
      "log-probs one position off: logits at t score token t", REF + PPO),
-    ("minirlhf/training.py", "kernels.logprobs(logits, targets, temperature=temperature,",
+    ("minirlhf/scoring.py", "kernels.logprobs(logits, targets, temperature=temperature,",
      "kernels.logprobs(logits, targets, temperature=1.0,", "log-probs ignore the sampling temperature", REF + PPO),
-    ("minirlhf/training.py", "last = tail.size(1) - 1 - tail.flip(1).argmax(1)", "last = tail.argmax(1)",
+    ("minirlhf/scoring.py", "last = tail.size(1) - 1 - tail.flip(1).argmax(1)", "last = tail.argmax(1)",
      "reward read at the first real token instead of the last", PPO),
     ("minirlhf/model.py", 'logits[:, pad_token_id] = float("-inf")', "logits[:, pad_token_id] += 0.0",
      "pad token left samplable in generate()", REF),

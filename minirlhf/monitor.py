@@ -31,7 +31,7 @@ import math
 
 import torch
 
-from minirlhf.training import last_token_scores
+from minirlhf.scoring import last_token_scores
 
 # signal -> the direction it moves when the policy hacks the reward (+1 rises, -1 falls, 0 either way: real
 # RLHF hacks lengthen responses and collapse entropy, but on the lab the hacks are short answers)

@@ -1,5 +1,6 @@
-"""What every training script shares, word for word: options from a dataclass, devices and DDP, seeding,
-the one log-prob function, logging, and checkpoints that can be resumed.
+"""The plumbing every training script shares, word for word: options from a dataclass, devices and DDP,
+seeding, CPU threads, logging, and checkpoints that can be resumed. The RLHF core (log-probs, scores) is in
+minirlhf/scoring.py.
 
 The algorithms themselves (SFT, reward model, PPO, DPO) live in the top-level scripts, in plain sight.
 """
@@ -19,7 +20,6 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from minirlhf import kernels
 from minirlhf.checkpoint import load_checkpoint, load_model, non_finite_entries, save_checkpoint
 from minirlhf.files import truncate_lines
 from minirlhf.flags import number, split_batch  # noqa: F401 (split_batch: the scripts' one micro-batch check)
@@ -194,78 +194,6 @@ def finish_distributed(model, rt):
     gc.collect()  # whatever still holds the group through a reference cycle goes now, not at exit
     dist.barrier()  # no rank tears its communicator down while another still uses it
     dist.destroy_process_group()
-
-
-# ----------------------------------------------------------------------------- the one log-prob function
-
-
-def response_logprobs(model, tokens, mask, start, temperature=1.0, return_entropy=False, fused=False):
-    """log p(tokens[:, t]) for t >= start, under `model`, for every stage (rollout, reference, update, DPO).
-
-    tokens, mask: (B, T), prompt + response, left- or right-padded (positions come from the mask).
-    Logits at position t score the token at t + 1, so the response tokens tokens[:, start:] are scored by
-    logits[:, start - 1 : T - 1]. Only those positions go through the vocabulary projection, and the log-probs
-    come from `kernels.logprobs` (fp32 logsumexp; Triton on GPU). Returns (B, T - start) fp32 (and entropy).
-    `model` may be DDP-wrapped: it is called, not reached into, so gradients synchronise.
-
-    fused=True never builds the (B, T - start, V) logits: the model returns its hidden states and
-    `kernels.linear_logprobs` projects them onto the vocabulary one tile at a time, forward and backward.
-    Worth it where the response is long (SFT scores whole sequences: 1024 x 50258 bf16 logits are 100 MB per
-    sequence, twice over with their gradient); slower, since the backward recomputes the logits.
-    The kernel gives no entropy, so with return_entropy (for logging only) it is computed without gradient from
-    the detached hidden states, 1024 rows of logits at a time: the same number, its memory bounded, 25 % more
-    head FLOPs.
-    """
-    targets = tokens[:, start:]
-    if not fused:
-        logits = model(tokens, mask, logits_start=start - 1)[:, :-1]  # (B, T - start, V): the only logits alive
-        return kernels.logprobs(logits, targets, temperature=temperature, return_entropy=return_entropy)
-    hidden = model(tokens, mask, logits_start=start - 1, return_hidden=True)[:, :-1]  # (B, T - start, C)
-    weight = getattr(model, "module", model).lm_head.weight  # (V, C), tied to wte; its gradient adds up there
-    device_type = hidden.device.type
-    if torch.is_autocast_enabled(device_type):  # the dtype autocast would give the lm_head matmul (bf16)
-        dtype = torch.get_autocast_dtype(device_type)
-        hidden, weight = hidden.to(dtype), weight.to(dtype)
-    logprobs = kernels.linear_logprobs(hidden, weight, targets, temperature=temperature)
-    if not return_entropy:
-        return logprobs
-    with torch.no_grad():
-        rows = hidden.detach().reshape(-1, hidden.size(-1))  # (N, C)
-        entropy = torch.cat([kernels.logprobs(h @ weight.T, torch.zeros_like(h[:, 0], dtype=torch.long),
-                                              temperature=temperature, return_entropy=True)[1]
-                             for h in rows.split(1024)])
-    return logprobs, entropy.view_as(logprobs)
-
-
-def sequence_logprobs(model, tokens, mask, response_mask, temperature=1.0, fused=False):
-    """log pi(response | prompt) = sum over response tokens of log p(token | prefix), by response_logprobs: (B,).
-
-    response_mask (B, T): 1 on the response tokens (left or right padding). Logits are computed from the earliest
-    response column on, none for the prompt columns before it. DPO scores chosen and rejected responses with it;
-    the lab estimates KL(policy || ref) per sequence as sequence_logprobs(policy) - sequence_logprobs(ref) on the
-    policy's own samples. Differentiable: wrap in torch.no_grad() where no gradient is wanted.
-    """
-    has_response = response_mask.bool().any(1)
-    if not has_response.any():
-        return torch.zeros(tokens.size(0), device=tokens.device)
-    start = max(1, int(response_mask.float().argmax(1)[has_response].min()))  # logits at start - 1 score it
-    logprobs = response_logprobs(model, tokens, mask, start, temperature, fused=fused)  # (B, T - start)
-    return (logprobs * response_mask[:, start:]).sum(-1)
-
-
-def last_token_scores(scalar_model, tokens, mask, start=0):
-    """A scalar model's output at each row's last real token: (B,). How every stage reads a reward model.
-
-    The reward model is read there: after the end-of-text it has seen the whole response. tokens, mask (B, T),
-    left or right padding; start > 0 skips the last block's work on the positions before it (every row's last
-    real token must be at or after start; with left padding, start = T - 1 reads the last column alone).
-    """
-    tail = mask[:, start:].long()  # (B, T - start)
-    if not tail.any(1).all():
-        raise ValueError(f"last_token_scores: a row has no real token at or after start={start}")
-    values = scalar_model(tokens, mask, start=start)  # (B, T - start)
-    last = tail.size(1) - 1 - tail.flip(1).argmax(1)  # index of the last 1 in each row
-    return values.gather(1, last[:, None]).squeeze(1)
 
 
 # ----------------------------------------------------------------------------- models in, checkpoints out

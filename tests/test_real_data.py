@@ -29,7 +29,8 @@ import train_rm
 import train_sft
 from minirlhf.checkpoint import load_checkpoint
 from minirlhf.model import GPT, GPTConfig
-from minirlhf.training import parse_args, response_logprobs
+from minirlhf.scoring import response_logprobs
+from minirlhf.training import parse_args
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPTS = {"sft": train_sft, "rm": train_rm, "ppo": train_ppo}

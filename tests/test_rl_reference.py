@@ -20,7 +20,8 @@ from minirlhf.checkpoint import save_checkpoint
 from minirlhf.data import encode_example, write_jsonl
 from minirlhf.model import GPT, GPTConfig, ScalarGPT
 from minirlhf.tokenizer import get_tokenizer
-from minirlhf.training import parse_args, response_logprobs, step_generator
+from minirlhf.scoring import response_logprobs
+from minirlhf.training import parse_args, step_generator
 
 V, PAD, EOT = 40, 39, 38
 

@@ -1,5 +1,5 @@
 """Sampling responses from a checkpoint, and scoring them by reward model (sequence log-probs, for KL, are
-training.sequence_logprobs).
+scoring.sequence_logprobs).
 
 Shared by the labelling step (pairs sampled from the SFT model) and the evaluation report.
 
@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from minirlhf.data import encode_prompt, left_pad
-from minirlhf.training import last_token_scores
+from minirlhf.scoring import last_token_scores
 
 
 @dataclass
