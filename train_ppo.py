@@ -179,8 +179,8 @@ def exact_kl(policy, ref_policy, tokens, mask, P, args):
     out = []
     for i in range(0, tokens.size(0), args.micro_batch_size):
         t, m = tokens[i: i + args.micro_batch_size], mask[i: i + args.micro_batch_size]
-        logits = policy(t, m, logits_start=P - 1)[:, :-1]  # (b, R, V): the logits response_logprobs reads
-        ref_logits = ref_policy(t, m, logits_start=P - 1)[:, :-1]
+        logits = policy(t, m, start=P - 1)[:, :-1]  # (b, R, V): the logits response_logprobs reads
+        ref_logits = ref_policy(t, m, start=P - 1)[:, :-1]
         out.append(kernels.full_kl(logits, ref_logits, temperature=args.temperature))  # (b, R) fp32
     return torch.cat(out) * mask[:, P:].float()
 

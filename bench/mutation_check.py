@@ -30,7 +30,7 @@ DPO = ["tests/test_dpo.py::test_loss_matches_the_formula"]
 
 # (file, exact code substring, its replacement, what goes wrong, tests that must fail)
 MUTATIONS = [
-    ("minirlhf/scoring.py", "logits_start=start - 1)[:, :-1]", "logits_start=start)",
+    ("minirlhf/scoring.py", "start=start - 1)[:, :-1]", "start=start)",
      "log-probs one position off: logits at t score token t", REF + PPO),
     ("minirlhf/scoring.py", "kernels.logprobs(logits, targets, temperature=temperature,",
      "kernels.logprobs(logits, targets, temperature=1.0,", "log-probs ignore the sampling temperature", REF + PPO),

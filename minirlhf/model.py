@@ -199,16 +199,16 @@ class GPT(nn.Module):
             cache.length += T
         return self.transformer.ln_f(x)
 
-    def forward(self, idx, attention_mask=None, logits_start=0, return_hidden=False):
-        """idx (B, T) -> logits (B, T - logits_start, vocab_size). Logits at position t score the token at t + 1.
+    def forward(self, idx, attention_mask=None, start=0, return_hidden=False):
+        """idx (B, T) -> logits (B, T - start, vocab_size). Logits at position t score the token at t + 1.
 
-        Positions before logits_start (the prompt, in RLHF) are never projected onto the vocabulary (the
+        Positions before start (the prompt, in RLHF) are never projected onto the vocabulary (the
         (B, T, V) logits are the largest tensor in the whole pipeline), nor run through the last block's MLP.
-        return_hidden=True stops before the projection and returns the hidden states (B, T - logits_start,
+        return_hidden=True stops before the projection and returns the hidden states (B, T - start,
         n_embd), for the fused linear log-prob kernel; it is an option of forward, not a call to hidden_states,
         so that a DDP wrapper is still called.
         """
-        h = self.hidden_states(idx, attention_mask, start=logits_start)
+        h = self.hidden_states(idx, attention_mask, start=start)
         return h if return_hidden else self.lm_head(h)
 
     @torch.no_grad()

@@ -33,9 +33,9 @@ def response_logprobs(model, tokens, mask, start, temperature=1.0, return_entrop
     """
     targets = tokens[:, start:]
     if not fused:
-        logits = model(tokens, mask, logits_start=start - 1)[:, :-1]  # (B, T - start, V): the only logits alive
+        logits = model(tokens, mask, start=start - 1)[:, :-1]  # (B, T - start, V): the only logits alive
         return kernels.logprobs(logits, targets, temperature=temperature, return_entropy=return_entropy)
-    hidden = model(tokens, mask, logits_start=start - 1, return_hidden=True)[:, :-1]  # (B, T - start, C)
+    hidden = model(tokens, mask, start=start - 1, return_hidden=True)[:, :-1]  # (B, T - start, C)
     weight = getattr(model, "module", model).lm_head.weight  # (V, C), tied to wte; its gradient adds up there
     device_type = hidden.device.type
     if torch.is_autocast_enabled(device_type):  # the dtype autocast would give the lm_head matmul (bf16)

@@ -29,8 +29,8 @@ class UniformLM(torch.nn.Module):
         self.vocab_size = vocab_size
         self.dummy = torch.nn.Parameter(torch.zeros(()))
 
-    def forward(self, idx, attention_mask=None, logits_start=0):
-        return self.dummy * torch.zeros(*idx[:, logits_start:].shape, self.vocab_size)
+    def forward(self, idx, attention_mask=None, start=0):
+        return self.dummy * torch.zeros(*idx[:, start:].shape, self.vocab_size)
 
 
 @pytest.mark.parametrize("beta, pi_c, ref_c, pi_r, ref_r, dpo, ipo", [
