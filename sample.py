@@ -26,7 +26,7 @@ import sys
 import torch
 
 from minirlhf.checkpoint import load_model
-from minirlhf.lab.sampling import batched, reward_scores, sample_responses
+from minirlhf.sampling import batched, reward_scores, sample_responses
 from minirlhf.training import set_cpu_threads
 
 

@@ -28,7 +28,7 @@ sys.path.insert(0, ROOT)
 from minirlhf import kernels  # noqa: E402
 from minirlhf.checkpoint import load_model  # noqa: E402
 from minirlhf.data import PROMPT_FIELDS, read_jsonl  # noqa: E402
-from minirlhf.lab.sampling import pack, sample_responses  # noqa: E402
+from minirlhf.sampling import pack, sample_responses  # noqa: E402
 
 
 def compare(xs, ys):

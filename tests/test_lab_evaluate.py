@@ -17,7 +17,7 @@ from minirlhf.checkpoint import save_checkpoint
 from minirlhf.lab import world
 from minirlhf.lab.evaluate import ROWS, _binned_means, evaluate_policy, format_table, main, plot_runs, rm_blind_spots, summarize
 from minirlhf.lab.gold import gold
-from minirlhf.lab.sampling import Sample
+from minirlhf.sampling import Sample
 from minirlhf.model import GPT, GPTConfig, ScalarGPT
 from minirlhf.tokenizer import get_tokenizer
 

@@ -33,7 +33,7 @@ from minirlhf.data import PREFERENCE_FIELDS, PROMPT_FIELDS, read_jsonl, write_js
 from minirlhf.files import open_append
 from minirlhf.flags import number
 from minirlhf.lab.gold import gold
-from minirlhf.lab.sampling import Sample, pack, reward_scores, sample_responses
+from minirlhf.sampling import Sample, pack, reward_scores, sample_responses
 from minirlhf.lab.world import FAMILIES, parse_prompt
 
 

@@ -37,7 +37,7 @@ from collections import Counter
 
 from minirlhf.flags import number
 from minirlhf.lab.gold import gold
-from minirlhf.lab.sampling import sample_responses
+from minirlhf.sampling import sample_responses
 
 
 class GoldScorer:

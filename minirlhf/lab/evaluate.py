@@ -39,7 +39,7 @@ import torch
 
 from minirlhf.data import PREFERENCE_FIELDS, PROMPT_FIELDS, read_jsonl
 from minirlhf.lab.gold import gold
-from minirlhf.lab.sampling import Sample, batched, reward_scores, sample_responses
+from minirlhf.sampling import Sample, batched, reward_scores, sample_responses
 from minirlhf.lab.world import FAMILIES, answer, eval_tasks, family_pool, flawed_content, ideal_response, parse_prompt
 from minirlhf.scoring import sequence_logprobs
 from minirlhf.flags import number

@@ -32,7 +32,7 @@ from minirlhf.flags import number
 from minirlhf.data import PREFERENCE_FIELDS, PROMPT_FIELDS, SFT_FIELDS, encode_example, read_jsonl
 from minirlhf.lab.bestofn import analytic_kl, empirical_kl, load_scorer, sample_groups, score_groups
 from minirlhf.lab.evaluate import rm_accuracy, summarize
-from minirlhf.lab.sampling import Sample, batched, reward_scores, sample_responses
+from minirlhf.sampling import Sample, batched, reward_scores, sample_responses
 from minirlhf.scoring import sequence_logprobs
 
 

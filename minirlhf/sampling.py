@@ -1,7 +1,7 @@
 """Sampling responses from a checkpoint, and scoring them by reward model (sequence log-probs, for KL, are
 scoring.sequence_logprobs).
 
-Shared by the labelling step (pairs sampled from the SFT model) and the evaluation report.
+Shared by sample.py, the lab's labelling step (pairs sampled from the SFT model) and its evaluation report.
 
 A sampled response is the model's tokens up to and including its first end-of-text. The text handed to the
 gold judge and written to JSONL is the decoded text *before* the end-of-text, with `ended` saying whether
