@@ -15,6 +15,11 @@ Three promises, kept here for every stage at once:
   stored as plain values;
 - the tokenizer travels with the model: its name, the sha256 of its vocabulary, and for a custom .tiktoken
   file the file's text itself (minirlhf.tokenizer.tokenizer_record), so a later stage rebuilds exactly it.
+
+A LoRA model (minirlhf/lora.py) is saved small: "model" holds its adapters and fully trained heads only, and
+"lora" its rank, alpha, targets, the base checkpoint's path and the sha256 of the base trunk's weights.
+load_model rebuilds the base, refuses it if its trunk's hash differs, and merges: every reader (sample.py, the
+lab's evaluation, the export) gets a plain model. merge_checkpoint writes that plain model to a file.
 """
 
 import math
@@ -23,6 +28,7 @@ import os
 import numpy as np
 import torch
 
+from minirlhf import lora
 from minirlhf.files import atomic_write
 from minirlhf.model import GPT, GPTConfig, ScalarGPT
 from minirlhf.tokenizer import tokenizer_from_record, tokenizer_record
@@ -56,7 +62,8 @@ def save_checkpoint(path, model, *, stage, tokenizer_name, step=0, **extra):
         "format": "minirlhf",
         "model_type": "scalar" if isinstance(model, ScalarGPT) else "gpt",
         "model_args": model.model_args(),
-        "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "model": {k: v.detach().cpu() for k, v in lora.trained_state_dict(model).items()},
+        **({"lora": dict(model.lora_config)} if lora.is_lora(model) else {}),
         **tokenizer_record(tokenizer_name),
         "stage": stage,
         "step": step,
@@ -93,14 +100,64 @@ def load_checkpoint(path, expect=None):
 def load_model(path, expect=None, device="cpu"):
     """(model in eval mode, tokenizer, checkpoint dict) from a checkpoint file."""
     ckpt = load_checkpoint(path, expect)
-    cls = ScalarGPT if ckpt["model_type"] == "scalar" else GPT
-    model = cls(GPTConfig(**ckpt["model_args"]))
-    model.load_state_dict(ckpt["model"])
+    if "lora" in ckpt:
+        model = _merged_lora_model(path, ckpt)
+    else:
+        cls = ScalarGPT if ckpt["model_type"] == "scalar" else GPT
+        model = cls(GPTConfig(**ckpt["model_args"]))
+        model.load_state_dict(ckpt["model"])
     try:
         tok = tokenizer_from_record(ckpt)
     except ValueError as e:
         raise CheckpointError(f"{path}: {e}") from None
     return model.to(device).eval(), tok, ckpt
+
+
+def lora_base_model(path, ckpt):
+    """The base a LoRA checkpoint's adapters belong to, with fresh adapters of the same shape on it (B = 0).
+
+    The base is read from the path the checkpoint names (a checkpoint, merged first if it is LoRA itself, or a
+    Hugging Face GPT-2 folder); a GPT base becomes a ScalarGPT for a reward/value model's adapters. Its trunk's
+    sha256 must equal the one recorded at training time: adapters on another trunk would be silently wrong."""
+    cfg = ckpt["lora"]
+    base = cfg.get("base")
+    if not base:
+        raise CheckpointError(f"{path}: LoRA checkpoint with no base recorded; its adapters cannot be placed")
+    if str(base).endswith(".pt"):
+        model = load_model(base)[0]
+    else:
+        model = GPT.from_pretrained(base, vocab_size=ckpt["model_args"]["vocab_size"])
+    if ckpt["model_type"] == "scalar" and not isinstance(model, ScalarGPT):
+        model = ScalarGPT.from_gpt(model)
+    found = lora.trunk_sha256(model)
+    if found != cfg["base_sha256"]:
+        raise CheckpointError(f"{path}: its adapters belong to a base {base} whose trunk had sha256 "
+                              f"{cfg['base_sha256'][:16]}..., but {base} now holds a trunk with sha256 {found[:16]}...: "
+                              "refusing to put them on other weights (was the base retrained or replaced?)")
+    return lora.add_lora(model, cfg["rank"], cfg["alpha"], cfg["targets"], cfg.get("dropout", 0.0),
+                         cfg.get("trained", ()), rl=False, base=base)
+
+
+def _merged_lora_model(path, ckpt):
+    model = lora_base_model(path, ckpt)
+    try:
+        lora.load_trained_state_dict(model, ckpt["model"])
+    except KeyError as e:
+        raise CheckpointError(f"{path}: the adapters do not fit their base: {e}") from None
+    return lora.merge(model)
+
+
+def merge_checkpoint(src, dst):
+    """A LoRA checkpoint -> a plain checkpoint (the base's weights + (alpha / r) B A), readable without the base.
+    Training state that only fits the adapters (optimizers, PPO's value adapters) is left out."""
+    model, _, ckpt = load_model(src)
+    if "lora" not in ckpt:
+        raise CheckpointError(f"{src}: not a LoRA checkpoint; it is plain already")
+    skip = {"format", "model_type", "model_args", "model", "lora", "tokenizer", "stage", "step",
+            "optimizer", "value_model", "value_optimizer"}
+    extra = {k: v for k, v in ckpt.items() if k not in skip and not k.startswith("tokenizer")}
+    save_checkpoint(dst, model, stage=ckpt["stage"], tokenizer_name=tokenizer_from_record(ckpt).name,
+                    step=ckpt["step"], merged_from=dict(path=src, **{k: v for k, v in ckpt["lora"].items()}), **extra)
 
 
 # Checkpoints written before the numpy RNG state was stored as plain values hold a numpy array: allow exactly the
