@@ -5,7 +5,9 @@
 - the analytic KL log n - (n - 1) / n against the exact KL of a distribution with many tiny atoms and distinct
   scores (the continuous limit), and, with ties (a heavy best atom), the exact KL below it, equal to the
   two-atom closed form;
-- the unbiased best-of-n estimate from N samples against the average over every n-subset, written as a loop.
+- the unbiased best-of-n estimate from N samples against the average over every n-subset (a float64 loop, ties
+  among the top scores broken uniformly), with distinct scores, ties, and unfinished responses at one fixed
+  score; and that tied samples share their weight, so the estimate does not depend on the samples' order.
 
     python -m pytest tests/test_lab_bestofn.py -q
 """
@@ -13,6 +15,7 @@
 import itertools
 import math
 import random
+import statistics
 
 import pytest
 
@@ -71,19 +74,55 @@ def test_one_response_has_no_kl():
     assert empirical_kl(["same"] * 5, [0.2] * 5, 4) == pytest.approx(0.0)
 
 
-@pytest.mark.parametrize("n", [1, 2, 3, 7])
-def test_unbiased_estimate_is_the_mean_over_subsets(n):
-    rng = random.Random(0)
-    N = 7
-    scores = [rng.choice([0.1, 0.5, 0.9, rng.random()]) for _ in range(N)]  # with ties
-    values = [rng.random() for _ in range(N)]
+def brute_force_best_of_subsets(scores, values, n):
+    """E[value of the best of a random n-subset], ties between the top scores broken uniformly: a plain loop over
+    every n-subset in float64, each subset's tied winners sharing its weight equally."""
+    subsets = list(itertools.combinations(range(len(scores)), n))
     total = 0.0
-    subsets = list(itertools.combinations(range(N), n))
-    for subset in subsets:  # the best of the subset: highest score, the earliest sample among equal scores
-        best = max(subset, key=lambda i: (scores[i], -i))
-        total += values[best]
+    for subset in subsets:
+        top = max(scores[i] for i in subset)
+        winners = [i for i in subset if scores[i] == top]
+        total += sum(values[i] for i in winners) / len(winners)
+    return total / len(subsets)
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 5, 7])
+@pytest.mark.parametrize("case", ["distinct", "ties", "all tied", "unfinished at the fixed score"])
+def test_unbiased_estimate_is_the_mean_over_subsets(n, case):
+    rng = random.Random(n)
+    N = 7
+    scores = {"distinct": [rng.random() for _ in range(N)],
+              "ties": [rng.choice([0.1, 0.5, 0.9]) for _ in range(N)],
+              "all tied": [0.3] * N,
+              "unfinished at the fixed score": [-3.0, 0.4, -3.0, -3.0, 1.2, 0.4, -3.0]}[case]
+    values = [rng.random() for _ in range(N)]
     weights = bon_weights(scores, n)
-    assert sum(weights) == pytest.approx(1.0)
-    assert sum(w * v for w, v in zip(weights, values)) == pytest.approx(total / len(subsets), abs=1e-12)
+    assert sum(weights) == pytest.approx(1.0, abs=1e-12)
+    estimate = sum(w * v for w, v in zip(weights, values))
+    assert estimate == pytest.approx(brute_force_best_of_subsets(scores, values, n), abs=1e-12)
     with pytest.raises(ValueError, match="needs 1 <= n"):
         bon_weights(scores, N + 1)
+
+
+def test_ties_share_weight_so_the_sample_order_does_not_matter():
+    """Breaking ties by position gives the same mean over sample orders, but each order its own estimate; the
+    shared weights give that mean for every order (less variance, same expectation)."""
+    scores = [-3.0, 0.4, -3.0, -3.0, 1.2, 0.4, -3.0, -3.0]
+    values = [0.9, -0.2, 0.1, -1.0, 0.5, 0.7, 0.3, -0.6]
+    n = 3
+
+    def by_position(order):  # the best of each n-subset: highest score, the earliest in `order` among ties
+        pos = {i: k for k, i in enumerate(order)}
+        subsets = list(itertools.combinations(range(len(scores)), n))
+        return sum(values[max(s, key=lambda i: (scores[i], -pos[i]))] for s in subsets) / len(subsets)
+
+    rng = random.Random(0)
+    orders = [rng.sample(range(len(scores)), len(scores)) for _ in range(400)]
+    positional = [by_position(o) for o in orders]
+    shared = []
+    for o in orders:  # the same samples, listed in another order
+        w = bon_weights([scores[i] for i in o], n)
+        shared.append(sum(wk * values[i] for wk, i in zip(w, o)))
+    assert max(shared) - min(shared) < 1e-12  # one estimate, whatever the order
+    assert statistics.pvariance(positional) > 1e-3  # the positional rule's estimate moves with the order
+    assert statistics.fmean(positional) == pytest.approx(shared[0], abs=0.02)  # around the same mean

@@ -1,6 +1,7 @@
 """The over-optimisation fits (minirlhf/lab/overopt.py): Gao et al.'s two forms, fitted to synthetic data made
 from known coefficients plus seeded noise, recover the coefficients within a few percent; the peak agrees
-with a grid search over the true curve; bad input is refused with a clear error.
+with a grid search over the true curve (also when gold falls from the start, alpha < 0: best-of-n's peak is
+then d = 0); bad input is refused with a clear error.
 
     python -m pytest tests/test_lab_overopt.py -q
 """
@@ -56,6 +57,21 @@ def test_no_turn_no_peak():
     assert got["beta"] < 0 and got["d_peak"] == math.inf and got["kl_peak"] == math.inf
     assert peak("rl", 1.0, 0.0) == math.inf
     assert measured_peak([0.1, 0.2, 0.3], [0.0, 0.5, 0.2]) == (0.2, 0.5)
+
+
+@pytest.mark.parametrize("form,alpha,beta", [("bon", -0.2, 0.3), ("bon", 0.0, 0.3), ("rl", -0.3, 0.4),
+                                             ("rl", -0.5, 0.1)])
+def test_peak_is_in_the_domain_when_alpha_is_negative(form, alpha, beta):
+    """Gold falling from the start: best-of-n's vertex alpha / (2 beta) is at d <= 0, so the peak is d = 0; the RL
+    form still rises first (d log d < 0 for d < 1). Both against a grid search over d >= 0 of the true curve."""
+    ds = [0.1 * i for i in range(1, 31)]
+    got = fit(form, ds, [true_curve(form, alpha, beta, d) for d in ds])
+    grid = [0.0] + [i / 10000 for i in range(1, 50000)]  # d in [0, 5)
+    d_true = max(grid, key=lambda d: true_curve(form, alpha, beta, d) if d > 0 else 0.0)
+    assert got["d_peak"] == pytest.approx(d_true, abs=2e-4) and got["d_peak"] >= 0
+    assert got["kl_peak"] == pytest.approx(got["d_peak"] ** 2, abs=1e-9)
+    if form == "bon":
+        assert got["d_peak"] == pytest.approx(0.0, abs=1e-9) and got["r_peak"] == pytest.approx(0.0, abs=1e-12)
 
 
 def test_bad_input():

@@ -16,7 +16,8 @@ annotate.RewardModelLabeller (a reward-model checkpoint), GoldScorer (the gold j
 The curve over n uses one set of N >= max(n) samples per prompt and, for every n, the unbiased estimate of
 E[value of the best of n draws] over all n-subsets of the N samples (Nakano et al. 2021, appendix; Gao et al.
 2022): sorted by score, the i-th smallest of N is the best of a random n-subset with probability
-C(i-1, n-1) / C(N, n). This is far less noisy than drawing fresh groups of n.
+C(i-1, n-1) / C(N, n), and samples with equal scores share their ranks' weights (bon_weights). This is far
+less noisy than drawing fresh groups of n.
 
 KL(best-of-n || sampling policy), two ways:
     analytic   log n - (n - 1) / n: exact when no two samples can tie (continuous scores), Stiennon et al. 2020,
@@ -96,16 +97,29 @@ def empirical_kl(responses, scores, n):
 
 def bon_weights(scores, n):
     """Weights w_i (summing to 1) with sum_i w_i v_i = the unbiased estimate of E[v of the best of n], from N >= n
-    samples with these scores: the i-th smallest (1-based, ties by position) wins a random n-subset with
-    probability C(i-1, n-1) / C(N, n)."""
+    samples with these scores: sorted by score, the i-th smallest (1-based) wins a random n-subset with
+    probability C(i-1, n-1) / C(N, n).
+
+    Samples with equal scores (the same response sampled twice, or every unfinished response at the fixed
+    no-end-of-text score) share their ranks' weights equally: the best-of-n policy breaks a tie between the top
+    draws uniformly at random, and a uniformly random order of a tied group gives each member every rank of the
+    group with the same probability. The mean is that of any fixed tie order averaged over orders; the variance
+    is smaller, as no tied sample's value is picked out by its position."""
     N = len(scores)
     if not 1 <= n <= N:
         raise ValueError(f"best-of-{n} needs 1 <= n <= the {N} samples per prompt")
-    order = sorted(range(N), key=lambda i: (scores[i], -i))  # ties: the earlier sample counts as larger
+    order = sorted(range(N), key=scores.__getitem__)
     denom = math.comb(N, n)
     weights = [0.0] * N
-    for rank, i in enumerate(order, start=1):
-        weights[i] = math.comb(rank - 1, n - 1) / denom
+    start = 0
+    while start < N:  # one group of equal scores at a time: ranks start + 1 .. end
+        end = start + 1
+        while end < N and scores[order[end]] == scores[order[start]]:
+            end += 1
+        shared = sum(math.comb(rank - 1, n - 1) for rank in range(start + 1, end + 1)) / (denom * (end - start))
+        for i in order[start:end]:
+            weights[i] = shared
+        start = end
     return weights
 
 

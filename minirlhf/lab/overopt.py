@@ -11,7 +11,8 @@ in (alpha, beta), so the fit is ordinary least squares on two features, solved b
 With intercept=True the start is fitted too, R(d) = r0 + d * (...): for a PPO log, whose iterations are scored on
 training prompts where no precise score of the initial policy is at hand (r0 is reported; the peak is unchanged).
 R^2 is 1 - SS_res / SS_tot, SS_tot about the mean of R (it can go below 0 when the curve fits worse than a
-constant). A beta <= 0 means the fitted curve never turns down: no peak in the data (kl_peak = inf).
+constant). A beta < 0 means the fitted curve never turns down: no peak in the data (kl_peak = inf); a best-of-n
+fit with alpha <= 0 falls from d = 0 on, and peaks there.
 """
 
 import math
@@ -75,9 +76,16 @@ def fit_rows(rows, rs):
 
 
 def peak(form, alpha, beta):
-    """d at which R(d) is largest: alpha / (2 beta) (best-of-n), exp(alpha / beta - 1) (RL); inf if beta <= 0."""
-    if beta <= 0:
+    """d >= 0 at which R(d) is largest: alpha / (2 beta) (best-of-n), exp(alpha / beta - 1) (RL); inf if the curve
+    never turns down (beta < 0, or beta = 0 with alpha > 0).
+
+    Best-of-n with alpha <= 0 falls from the start: its vertex alpha / (2 beta) is at d <= 0, outside the domain
+    d >= 0, so the peak is d = 0 (the initial policy). The RL form's peak is always at d > 0 (its slope at
+    d -> 0+ is +inf when beta > 0)."""
+    if beta < 0 or (beta == 0 and alpha > 0):
         return float("inf")
+    if beta == 0 or (form == "bon" and alpha <= 0):
+        return 0.0
     return alpha / (2 * beta) if form == "bon" else math.exp(alpha / beta - 1)
 
 
