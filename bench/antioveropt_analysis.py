@@ -9,7 +9,9 @@ Definitions (stated once, used for every table):
   over-optimised  the smoothed gold at the end lies more than DROP below its maximum
   sqrt(KL)        sqrt of objective/kl, the sequence KL to the SFT model (nats), smoothed the same way
   firing          minirlhf.monitor.first_firing at z in Z_FIRE: the signal, z-scored against its first 10
-                  iterations, stays past z in its hacking direction for 3 iterations in a row
+                  iterations, has stayed past z in its hacking direction for 3 iterations in a row; the firing
+                  iteration is the third of them, where `--early_stop SIGNAL:z` stops (EarlyStop calls the same
+                  function), so the lead and the gold if stopped are those of the stop a run would make
   lead time       gold-peak iteration - firing iteration (> 0: it warned before gold started to fall)
   false alarm     a signal that fires on a run that is not over-optimised
   gold if stopped the smoothed gold at the firing iteration (the final gold where it never fires), averaged
@@ -93,6 +95,26 @@ def signal_table(rows, z):
         if len(o) + len(c) == len(rows):  # logged by every run: comparable with the yardsticks
             table[signal]["gold_if_stopped"] = sum(gold_if_stopped(r, r["firing"][z][signal]) for r in rows) / len(rows)
     return table
+
+
+def restate_signals(json_path, patience=3):
+    """Results written before first_firing returned the iteration at which --early_stop stops (the last of the
+    `patience` iterations in a row) held the first of them: move each stored firing to the last (+ patience - 1,
+    exact, as both mark the same run of iterations), and redo the signal tables from the stored curves."""
+    with open(json_path) as f:
+        res = json.load(f)
+    if res.get("firing_rule") == "last":
+        return res
+    for r in res["runs"]:
+        r["firing"] = {z: {s: None if it is None else it + patience - 1 for s, it in fired.items()}
+                       for z, fired in r["firing"].items()}
+    res["signals"] = {z: signal_table(res["runs"], z) for z in res["signals"]}
+    res["firing_rule"] = "last"
+    res["note"] += (f"; firings restated {time.strftime('%Y-%m-%d')} to the iteration at which --early_stop stops "
+                    "(restate_signals)")
+    with open(json_path, "w") as f:
+        json.dump(res, f, indent=1)
+    return res
 
 
 def dpo_points(out, stages):
@@ -223,7 +245,7 @@ def analyse(out, stages, json_path, plot_path, dpo=(), note=""):
             print(f"  {s:<26} gold if stopped {v.get('gold_if_stopped', float('nan')):.3f}; fired {v['fired']}/{v['over_runs']} over-optimised runs, leads {v['leads']}, before the "
                   f"peak {v['warned_before_peak']}; false alarms {v['false_alarms']}/{v['calm_runs']}")
     result = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": platform.platform(),
-              "note": note, "smooth": SMOOTH, "drop": DROP,
+              "note": note, "smooth": SMOOTH, "drop": DROP, "firing_rule": "last",
               "z_fire": Z_FIRE, "runs": rows, "algorithms": compare, "dpo": points, "algorithm_summary": summary,
               "ensemble_summary": ensembles,
               "signals": signals}
@@ -278,7 +300,8 @@ def bon_study(out, json_path, ns=(1, 2, 4, 8, 16, 32, 64), n_per_family=20, seed
     import torch
 
     from minirlhf.checkpoint import load_model
-    from minirlhf.ensemble import EnsembleScorer, aggregate
+    from bench.ensembles_analysis import EnsembleScorer
+    from minirlhf.ensemble import aggregate
     from minirlhf.lab.bestofn import bon_curve, sample_groups, score_groups
     from minirlhf.lab.world import eval_tasks
     model, tok, _ = load_model(f"{out}/sft/ckpt.pt", expect="gpt")

@@ -15,16 +15,18 @@ iterations before the gold peak each one fires and how often it fires on runs th
                              a crude out-of-distribution test (InfoRM, Miao et al. 2024, does it in latent space)
 
 Firing rule, one for every signal and for --early_stop: the first `baseline` iterations give a mean and std;
-the signal fires at the first iteration from which z = (x - mean) / std, times its direction (or |z| for a
-signal that may move either way), stays above the threshold for `patience` iterations in a row. The z-score
-makes one threshold mean the same for every signal.
+the signal fires once z = (x - mean) / std, times its direction (or |z| for a signal that may move either way),
+has stayed above the threshold for `patience` iterations in a row: at the last of them, the first iteration
+at which a run can know it (first_firing, which EarlyStop calls). The z-score makes one threshold mean the
+same for every signal.
 
 Measured on the lab (bench/bench_antioveropt.py, 3 seeds; 30 over-optimising runs of PPO with one reward model or
 an ensemble, clean or flipped labels, RLOO and GRPO at kl_coef 0; 3 calm runs at kl_coef 0.2): no signal warned
 reliably before the gold peak. The best early stop is objective/kl at z = 2 (`--early_stop objective/kl:2`): it
-fired in 30/30 over-optimising runs, a median 4 iterations after the gold peak (18 late to 4 early), and once in
-the 3 calm runs; stopping there kept a mean gold of 0.64 against 0.20 without the stop (an oracle stopping at the
-gold maximum: 0.77).
+stopped 30/30 over-optimising runs, a median 6 iterations after the gold peak (20 late to 2 early; 1 of 30 at
+or before the peak), and stopped 1 of the 3 calm runs; stopping there kept a mean gold of 0.60 against 0.20
+without the stop (an oracle stopping at the gold maximum: 0.77). These are the iterations at which the stop
+acts (bench/results/antioveropt_cpu.json, firings restated to that rule on 2026-12-06).
 """
 
 import math
@@ -69,7 +71,10 @@ def hacking_signals(reward_model, rm_ckpts, monitor_rm, tokens, mask, P, micro_b
 
 
 def first_firing(values, threshold, direction=1, baseline=10, patience=3):
-    """Index (0-based) of the iteration at which the signal fires, or None: see the module docstring."""
+    """Index (0-based) of the iteration at which the signal fires, or None: see the module docstring.
+
+    It fires at the last iteration of its first run of `patience`, the first at which the run is complete: where
+    EarlyStop, fed the same values one iteration at a time, stops training (one rule for both)."""
     if len(values) < baseline + patience:
         return None
     base = values[:baseline]

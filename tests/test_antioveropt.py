@@ -16,7 +16,8 @@ import torch
 
 import train_ppo
 import train_rloo
-from minirlhf.ensemble import EnsembleScorer, RewardEnsemble, aggregate, load_reward_model
+from bench.ensembles_analysis import EnsembleScorer
+from minirlhf.ensemble import RewardEnsemble, aggregate, load_reward_model
 from minirlhf.monitor import EarlyStop, first_firing
 from minirlhf.tokenizer import get_tokenizer
 from minirlhf.training import parse_args
@@ -65,10 +66,11 @@ def test_rloo_and_grpo_advantages_against_a_loop():
 def test_firing_rule_on_hand_series():
     flat = [1.0, 1.1, 0.9, 1.0, 1.1, 0.9, 1.0, 1.1, 0.9, 1.0]  # baseline: mean 1.0, std sqrt(0.06 / 9)
     assert first_firing(flat + [1.0] * 10, 3.0) is None
-    assert first_firing(flat + [1.0, 2.0, 2.0, 1.0, 2.0, 2.0, 2.0], 3.0) == 14  # needs 3 in a row: 14, 15, 16
-    assert first_firing(flat + [0.0] * 3, 3.0, direction=-1) == 10  # a falling signal
+    # needs 3 in a row (14, 15, 16), and fires at the third: where --early_stop can first know it
+    assert first_firing(flat + [1.0, 2.0, 2.0, 1.0, 2.0, 2.0, 2.0], 3.0) == 16
+    assert first_firing(flat + [0.0] * 3, 3.0, direction=-1) == 12  # a falling signal
     assert first_firing(flat + [0.0] * 3, 3.0, direction=1) is None
-    assert first_firing(flat + [0.0, 2.0, 0.0], 3.0, direction=0) == 10  # either way (response length)
+    assert first_firing(flat + [0.0, 2.0, 0.0], 3.0, direction=0) == 12  # either way (response length)
     assert first_firing(flat + [2.0] * 2, 3.0) is None  # too short to have fired
     with pytest.raises(ValueError, match="--early_stop"):
         EarlyStop("monitor/nothing:3")

@@ -1,13 +1,18 @@
-"""bench/antioveropt_analysis.py's summaries over seeds, against hand values and plain loops (cheap: no training).
+"""bench/antioveropt_analysis.py's summaries over seeds, against hand values and plain loops, and its early-stop
+iterations against EarlyStop fed the same series one iteration at a time, as train_ppo.py feeds it (cheap: no
+training).
 
     python -m pytest tests/test_antioveropt_analysis.py -q
 """
 
+import random
 import statistics
 
 import pytest
 
-from bench.antioveropt_analysis import algorithm_summary, at, ensemble_summary, spread
+from bench.antioveropt_analysis import algorithm_summary, at, ensemble_summary, spread, summarise
+from minirlhf.monitor import SIGNALS, EarlyStop
+from minirlhf.stages import Stage
 
 
 def curve(seconds, sqrt_kl, gold):
@@ -57,3 +62,35 @@ def test_ensemble_summary_compares_aggregates_at_each_seeds_smallest_final_kl():
     assert s["flip/single"]["gold_at_equal_kl"]["mean"] == pytest.approx(0.05)
     assert s["flip/min"]["gold_at_equal_kl"]["mean"] == pytest.approx(0.25)
     assert s["flip/single"]["seeds"] == [0, 1] and "flip/mean" not in s
+
+
+def early_stop_iteration(spec, values):
+    """The 1-based iteration at which --early_stop SPEC stops a run logging these values (None: it never does)."""
+    stop = EarlyStop(spec)
+    signal = spec.rpartition(":")[0]
+    for it, x in enumerate(values, start=1):
+        if stop({signal: x}):
+            return it
+    return None
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_analysis_reports_the_iteration_at_which_early_stop_stops(seed):
+    """Synthetic logs: KL flat then drifting up (from a random iteration), an entropy that wanders either way, an
+    RM score with spikes; the analysis's firing iteration of every signal at both thresholds is EarlyStop's."""
+    rng = random.Random(seed)
+    n, turn = 40, rng.randrange(12, 35)
+    kl = [0.05 + rng.gauss(0, 0.01) + max(0, i - turn) * rng.uniform(0.005, 0.05) for i in range(n)]
+    entropy = [1.0 + rng.gauss(0, 0.05) + (0.3 * rng.choice([-1, 1]) if i > turn else 0) for i in range(n)]
+    score = [rng.gauss(0, 0.1) + (1.0 if rng.random() < 0.15 else 0) for i in range(n)]
+    log = [{"step": i + 1, "lab/gold": 0.8 - 0.01 * max(0, i - turn), "objective/kl": kl[i], "objective/rm_score": score[i],
+            "policy/entropy": entropy[i], "time/elapsed": float(i)} for i in range(n)]
+    row = summarise(Stage("run synthetic", [], meta={}), log)
+    checked = 0
+    for z, fired in row["firing"].items():
+        for signal, it in fired.items():
+            assert signal in SIGNALS
+            assert it == early_stop_iteration(f"{signal}:{z}", [r[signal] for r in log]), (signal, z)
+            checked += it is not None
+    assert set(row["firing"][2.0]) == {"objective/kl", "objective/rm_score", "policy/entropy"}
+    assert checked > 0  # some signal fires: the comparison is not only between Nones
