@@ -115,3 +115,57 @@ class EarlyStop:
         self.values.append(metrics[self.signal])
         fired = first_firing(self.values, self.threshold, SIGNALS[self.signal], self.baseline, self.patience)
         return fired is not None
+
+
+class GoldAuditStop:
+    """Stop on a small human spot check: people grade g of each iteration's rollouts with the gold judge (the truth
+    a real run lacks; on the lab, gold scores), and training stops once audited gold has fallen from its best.
+
+        audit = GoldAuditStop(window=4, z=3.0)
+        if audit(labels):   # each iteration, the g gold scores of this iteration's audited rollouts
+            stop
+
+    The test is one-sided, of the audited mean against its running best: m_t is the mean of the labels of the
+    last `window` iterations (window * g labels), best_t the largest m_u of an earlier window that does not
+    overlap the current one (u <= t - window), s the standard deviation of every label so far, and the rule
+    stops at the first t with
+
+        best_t - m_t > z * s * sqrt(1 / n_t + 1 / n_best)       (n: labels in each window)
+
+    z standard errors of the difference of two window means. The best of many earlier windows is biased up by
+    noise, so this fires more often than one z-test would on a run whose gold never moves: choose z for a
+    false-alarm rate over a whole run (bench/gold_audit.py calibrates it under that null, and measures the stop's
+    lead and false alarms against the gold peak on PPO runs). min_sd keeps s positive while every label agrees.
+    """
+
+    def __init__(self, window=4, z=3.0, min_sd=0.05):
+        if window < 1:
+            raise ValueError(f"GoldAuditStop: window must be >= 1 iteration, got {window}")
+        self.window, self.z, self.min_sd = window, z, min_sd
+        self.sums, self.counts = [0.0], [0]  # prefix sums of the labels and their counts, per iteration
+        self.total_sq, self.best, self.best_n = 0.0, -math.inf, 0
+        self.statistic = None  # the last (best - current) / its standard error: the test stops when it exceeds z
+
+    def _window(self, end):
+        """(mean, count) of the labels of iterations end - window + 1 .. end (1-based)."""
+        n = self.counts[end] - self.counts[end - self.window]
+        return (self.sums[end] - self.sums[end - self.window]) / n, n
+
+    def __call__(self, labels):
+        """Record this iteration's audited gold scores (one per graded rollout); True when training should stop."""
+        if not labels:
+            raise ValueError("GoldAuditStop: each iteration needs at least one audited gold score")
+        self.sums.append(self.sums[-1] + sum(labels))
+        self.counts.append(self.counts[-1] + len(labels))
+        self.total_sq += sum(x * x for x in labels)
+        t, w = len(self.counts) - 1, self.window
+        if t < 2 * w:
+            return False
+        mean_u, n_u = self._window(t - w)  # the earlier window that has just stopped overlapping the current one
+        if mean_u > self.best:
+            self.best, self.best_n = mean_u, n_u
+        current, n = self._window(t)
+        N, total = self.counts[t], self.sums[t]
+        sd = math.sqrt(max(self.total_sq - total * total / N, 0.0) / max(N - 1, 1))
+        self.statistic = (self.best - current) / (max(sd, self.min_sd) * math.sqrt(1 / n + 1 / self.best_n))
+        return self.statistic > self.z
