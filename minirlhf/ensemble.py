@@ -16,6 +16,12 @@ train_ppo.py only changes how it loads the reward model:
 
 Departures from the paper: Coste et al. use the population variance too, but their members differ only in
 seed; ours also differ in which tenth of the pairs train_rm.py holds out for accuracy (it follows --seed).
+
+WARM (Rame et al. 2024, "WARM: On the Benefits of Weight Averaged Reward Models") averages the members' weights
+instead of their scores: one reward model, k times cheaper to run, and (the paper argues) more robust to label
+noise, because averaging keeps what the members share and cancels what each memorised. It is meaningful only
+for members fine-tuned from one initialisation (the same SFT model), which stay in one basin of the loss;
+`warm_average` refuses members of different shapes or of a different recorded initialisation.
 """
 
 import torch
@@ -72,17 +78,46 @@ def load_reward_model(paths, how="mean", uwo_lambda=0.5, device="cpu"):
     return RewardEnsemble(members, how, uwo_lambda).to(device).eval(), tok, ckpts
 
 
-class EnsembleScorer:
-    """A reward model or ensemble as a best-of-n scorer: score(prompt, responses, ended) -> [float].
+def weight_average(state_dicts):
+    """[state dict] * k -> their element-wise mean, theta = (1/k) sum_i theta_i (accumulated in float64).
 
-    Scores are read as every lab stage reads them (lab.annotate.RewardModelLabeller, at the last real token);
-    a response that never emitted end-of-text gets no_eos_score, as in PPO."""
+    Every member must hold the same tensors under the same names with the same shapes."""
+    if not state_dicts:
+        raise ValueError("weight_average: no members")
+    first = state_dicts[0]
+    for i, sd in enumerate(state_dicts[1:], start=1):
+        if set(sd) != set(first):
+            raise ValueError(f"weight_average: member {i} holds other tensors than member 0 "
+                             f"({sorted(set(sd) ^ set(first))[:4]})")
+        for name, t in sd.items():
+            if t.shape != first[name].shape:
+                raise ValueError(f"weight_average: {name} is {tuple(t.shape)} in member {i} but "
+                                 f"{tuple(first[name].shape)} in member 0")
+            if not t.is_floating_point() and not torch.equal(t, first[name]):
+                raise ValueError(f"weight_average: {name} ({t.dtype}) differs between member {i} and member 0")
+    return {name: (sum(sd[name].double() for sd in state_dicts) / len(state_dicts)).to(t.dtype)
+            if t.is_floating_point() else t.clone() for name, t in first.items()}
 
-    def __init__(self, reward_model, tok, no_eos_score=-3.0):
-        from minirlhf.lab.annotate import RewardModelLabeller
-        self.reader, self.no_eos_score = RewardModelLabeller(reward_model, tok), no_eos_score
 
-    @torch.no_grad()
-    def score(self, prompt, responses, ended):
-        scores = self.reader.score(prompt, responses, ended)
-        return [s if e else self.no_eos_score for s, e in zip(scores, ended)]
+def warm_average(ckpts, paths=None):
+    """Reward-model checkpoints (dicts, as load_checkpoint reads them) -> the WARM state dict, their weight average.
+
+    Refuses members that are not reward models, or differ from the first in architecture, tokenizer or
+    initialisation (the run config's sft_ckpt and init_from): averaging models fine-tuned from different
+    starting points averages unrelated coordinates. The average is not normalised: score SFT samples and fold
+    the mean and std into the head again (train_rm.py's normalise_on_sft_samples), as for any new reward model."""
+    paths = paths or [f"member {i}" for i in range(len(ckpts))]
+
+    def identity(c):  # what must be equal across members
+        config = c.get("config", {})
+        return {"model_args": c["model_args"], "tokenizer": (c.get("tokenizer"), c.get("tokenizer_sha256")),
+                "init": (config.get("sft_ckpt"), config.get("init_from"))}
+
+    for path, c in zip(paths, ckpts):
+        if c.get("model_type") != "scalar":
+            raise ValueError(f"WARM: {path} is not a reward model (model_type {c.get('model_type')!r})")
+        for field, value in identity(c).items():
+            if value != identity(ckpts[0])[field]:
+                raise ValueError(f"WARM: {path} has {field} {value!r} but {paths[0]} has {identity(ckpts[0])[field]!r}; "
+                                 "only members fine-tuned from one initialisation can be averaged")
+    return weight_average([c["model"] for c in ckpts])
