@@ -23,6 +23,9 @@ section had measured is kept):
                    and seconds per step after the first, against the estimate in each flags file's comments.
                    Checkpoint writes are left out (disk, not GPU). Configs: hh_gpt2_80gb, hh_gpt2-medium_80gb,
                    then the 24 GB ones
+  lora_ppo_xl      one PPO step with LoRA r=16 at GPT-2 XL shape (four models on two bf16 trunks, random weights,
+                   runs/hh_gpt2-xl_24gb's rollout of 16 x 576 tokens, update micro-batch 1): peak memory against
+                   bench/bench_memory.py's estimate, and whether it fits a 24 GB card
   ppo_vs_trl       one PPO iteration at GPT-2 124M shape (64 rollouts of 128 + 128 tokens, 4 epochs x 4
                    minibatches, bf16 autocast, separate policy/reference/reward/value models): train_ppo.py
                    against TRL 1.12's PPOTrainer (bench/peers/trl_ppo.py), same settings, same GPU
@@ -71,7 +74,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path[:0] = [ROOT, os.path.join(ROOT, "bench")]
 
 # name -> (seconds budget on a GPU, on CPU with --smoke)
-SECTIONS = {"env": (30, 60), "tests": (110, 90), "kernels": (80, 90), "generate": (45, 60),
+SECTIONS = {"env": (30, 60), "tests": (110, 90), "kernels": (80, 90), "generate": (45, 60), "lora_ppo_xl": (90, 90),
             "walk:hh_gpt2_80gb": (60, 90), "ppo_vs_trl": (90, 90), "walk:hh_gpt2-medium_80gb": (100, 0),
             "kernels_compile": (90, 60), "walk:hh_gpt2_24gb": (50, 0), "walk:hh_gpt2-medium_24gb": (80, 0)}
 MIN_START_S = 15  # a section is not started with less time than this left
@@ -206,7 +209,7 @@ def run_part(name, d, smoke):
         sys.exit("needs a CUDA GPU (or --smoke)")
     out = os.path.join(d, "result.json")
     parts = {"env": part_env, "tests": part_tests, "kernels": part_kernels, "kernels_compile": part_kernels,
-             "generate": part_generate, "ppo_vs_trl": part_ppo_vs_trl}
+             "generate": part_generate, "ppo_vs_trl": part_ppo_vs_trl, "lora_ppo_xl": part_lora_ppo}
     fn = part_walk if name.startswith("walk:") else parts[name]
     fn(name, d, out, smoke, device)
 
@@ -493,6 +496,33 @@ def part_walk(name, d, out, smoke, device):
         save(out, result)
 
 
+# ----------------------------------------------------------------------------- LoRA PPO at GPT-2 XL shape
+
+
+def part_lora_ppo(name, d, out, smoke, device):
+    """One PPO step with LoRA at GPT-2 XL shape on runs/hh_gpt2-xl_24gb's settings (rollout 16 x (448 + 128)
+    tokens, update micro-batches of 1, rank 16; four models on two bf16 trunks; random weights), after a first
+    step: peak memory against bench/bench_memory.py's estimate for it. Smoke: the tiny model, a few tokens, CPU."""
+    import bench_memory
+
+    preset = "tiny" if smoke else "gpt2-xl"
+    shape = dict(T=24, m=1, R=8, rollout=2, P=16, new=4, ppo_m=1) if smoke else \
+        dict(T=576, m=1, R=None, rollout=16, P=448, new=128, ppo_m=1)
+    r = dict(model=preset, lora_rank=16, shape=shape)
+    est = bench_memory.estimate("ppo", preset, 16, shape, cpu=smoke)
+    r["estimate_GB"] = round(est["peak"] / 1e9, 2)
+    r["estimate"] = {k: round(v / 1e9, 3) for k, v in est.items() if k != "params_trained"}
+    save(out, r)
+    m = bench_memory.measure("ppo", preset, 16, shape, device)
+    r.update({k.replace("_B", "_GB"): round(v / 1e9, 2) if k.endswith("_B") else v for k, v in m.items()})
+    r["measured_over_estimate"] = round(m["peak_B"] / est["peak"], 2)
+    if not smoke:  # 24 GB card, less ~1 GB of CUDA context
+        need = m["peak_reserved_B"] / 1e9 + 1
+        r["fits_24gb"] = f"{need:.1f} of {24 * 2**30 / 1e9:.1f} GB: {'yes' if need <= 24 * 2**30 / 1e9 else 'NO'}"
+    print(r, flush=True)
+    save(out, r)
+
+
 # ----------------------------------------------------------------------------- PPO against TRL
 
 
@@ -617,6 +647,10 @@ def summary(results):
             fig = "; ".join(f"{x['model']} {x['dtype']} b{x['batch_size']} kv {x['kv_cache_tok_s']:.0f} tok/s"
                             + (f" (x{x['speedup']} recompute, same tokens: {x['tokens_identical']})" if "speedup" in x else "")
                             for x in r.get("rows", []))
+        elif name == "lora_ppo_xl":
+            fig = (f"{r.get('model')} LoRA r=16: peak {fmt(r.get('peak_GB'))} GB against the estimate "
+                   f"{fmt(r.get('estimate_GB'))} GB ({fmt(r.get('measured_over_estimate'))}x), "
+                   f"{fmt(r.get('step_s'))} s/step; {r.get('fits_24gb', '')}")
         elif name == "ppo_vs_trl":
             ours, trl = r.get("minirlhf", {}), r.get("trl")
             fig = f"ours {fmt(ours.get('s_per_iter'))} s/iter; TRL " + (

@@ -40,6 +40,7 @@ def test_smoke_runs_every_section_and_writes_results(tmp_path):
     assert all("error" in r for r in sections["kernels_compile"]["rows"])  # torch.compile: skipped, and says why
     assert all(r["kv_cache_tok_s"] > 0 for r in sections["generate"]["rows"])
     assert sections["generate"]["rows"][0]["tokens_identical"]
+    assert sections["lora_ppo_xl"]["peak_GB"] > 0 and sections["lora_ppo_xl"]["estimate_GB"] > 0  # LoRA PPO step
     walk = sections["walk:hh_gpt2_80gb"]["stages"]
     assert list(walk) == ["sft", "rm", "ppo", "dpo"]
     for stage, r in walk.items():
