@@ -217,6 +217,7 @@ CODE = re.compile(r"```.*?```|`[^`\n]+`|^(?:    |\t)[^\n]*$", re.S | re.M)  # fe
 SCRIPT = re.compile(r"\b(?:python|torchrun)\b[^|;&#\n]*?(?:-m\s+([\w.]+)|([\w./-]+\.py))((?:[^|;&#\n])*)")
 PATH = re.compile(r"(?<![\w./-])((?:\.ci|minirlhf|bench|tests|docs|data|runs)/[\w./{},<>*-]*|[\w-]+\.(?:py|sh))(?![\w-])")
 LINK = re.compile(r"\]\(([^)\s]+)\)")
+METRIC = re.compile(r"^((?:objective|policy|value|rollout|time|lab|eval|train|rewards|monitor)/[\w/]+)$")
 
 
 def _expand(path):
@@ -252,11 +253,12 @@ def _walk():
 
 
 def missing_references(pages):
-    """Problems, one per line, with every `python X.py` / `python -m mod`, its --flags, every repository path and
-    every relative link in the pages that does not exist."""
+    """Problems, one per line, with every `python X.py` / `python -m mod`, its --flags, every repository path,
+    every logged metric (`objective/kl`) and every relative link in the pages that does not exist."""
     files = [os.path.join(d, f) for d, _, names in _walk() for f in names]
     basenames = {os.path.basename(f) for f in files}
-    all_sources = "\n".join(open(f).read() for f in files if f.endswith(".py"))
+    all_sources = "\n".join(open(f).read() for f in files  # what the code declares: flags, metric names
+                            if f.endswith(".py") and os.path.relpath(f, ROOT).split(os.sep)[0] != "tests")
     problems = []
     for page in pages:
         with open(page) as f:
@@ -278,6 +280,10 @@ def missing_references(pages):
             for flag in re.findall(r"(?<![\w-])--\w+", code):  # a flag on its own: some command declares it
                 if not SCRIPT.search(code) and flag != "--help" and not _flag_defined(flag, all_sources):
                     problems.append(f"{name}: no command has the flag {flag}")
+            metric = METRIC.match(code)  # a logged metric: its name in the source, or its prefix and its key
+            if metric and not (f'"{metric[1]}' in all_sources or f"'{metric[1]}" in all_sources or (
+                    f"{metric[1].split('/')[0]}/" in all_sources and re.search(rf"\b{metric[1].split('/', 1)[1]}\b", all_sources))):
+                problems.append(f"{name}: no script logs {metric[1]}")
             for path in PATH.findall(code):
                 if PLACEHOLDER.search(path):
                     continue

@@ -1,6 +1,8 @@
 """The README's quick-start table is the committed results file, not a copy of it: the table between the README's
 markers equals what `python bench/bench_lab.py --table` generates from bench/results/lab_quickstart_cpu.json, and
-the check notices a changed cell (so it is not a test that cannot fail). Text only: no training, milliseconds.
+the check notices a changed cell (so it is not a test that cannot fail). And the README keeps its shape: at most
+250 lines, with exactly two set-up commands, the second being the test command that CI (.ci/run) runs.
+Text only: no training, milliseconds. (tests/test_docs.py checks the files, commands and links it names.)
 
     python -m pytest tests/test_readme.py -q
 """
@@ -34,3 +36,14 @@ def test_a_changed_cell_or_result_is_caught(tmp_path):
     # the table's cells come from the file: PPO's gold for seed 0, to 3 decimals, bold
     gold_cells = bench_lab.markdown_table(results).splitlines()[2].split(" | ")
     assert gold_cells[2] == f"**{results['runs']['0']['PPO']['gold']:.3f}**"
+
+
+def test_readme_fits_its_budget_and_names_the_ci_test_command():
+    lines = open(bench_lab.README).read().splitlines()
+    assert len(lines) <= 250, f"README.md has {len(lines)} lines; the budget is 250 (move the rest to docs/)"
+    quick_start = "\n".join(lines[lines.index("## Quick start"):]).split("\n## ", 1)[0]
+    commands = [line.split("#")[0].strip() for line in quick_start.splitlines() if line.startswith("    pip install")]
+    assert len(commands) == 2 and commands[0].endswith("python quickstart.py"), commands
+    with open(os.path.join(ROOT, ".ci", "run")) as f:
+        ci = [line.strip() for line in f if not line.lstrip().startswith("#")]
+    assert commands[1] in ci, f"the README's test command {commands[1]!r} is not what .ci/run runs"
