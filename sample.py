@@ -97,21 +97,20 @@ def answer(models, prompts, rm, args):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ckpt", action="append", required=True, metavar="[NAME=]PATH",
                    help="policy checkpoint (SFT, PPO or DPO); repeat to compare: --ckpt SFT=... --ckpt PPO=...")
     p.add_argument("--prompt", action="append", default=[], help="a prompt or bare question (repeatable)")
     p.add_argument("--prompts", default=None, help="file of prompts: JSONL with a 'prompt' field, or one a line")
     p.add_argument("--n", type=int, default=1, help="samples per prompt and checkpoint")
-    p.add_argument("--max_new_tokens", type=int, default=48)
+    p.add_argument("--max_new_tokens", type=int, default=48, help="response length limit, in tokens")
     p.add_argument("--temperature", type=float, default=0.7, help="0 = greedy (PPO samples the lab at 0.7)")
     p.add_argument("--top_k", type=int, default=None, help="sample among the k most likely tokens only")
     p.add_argument("--top_p", type=float, default=None, help="sample from the smallest set of mass >= top_p")
     p.add_argument("--greedy", action="store_true", help="always the most likely token (same as --temperature 0)")
     p.add_argument("--rm", default=None, help="reward model checkpoint: print each answer's score")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed (every checkpoint answers with the same one)")
+    p.add_argument("--device", default="auto", help="'auto' (cuda if there is one), 'cpu', 'cuda', 'cuda:1', ...")
     args = p.parse_args(argv)
     if args.n < 1 or args.max_new_tokens < 1:
         p.error("--n and --max_new_tokens must be at least 1")
@@ -120,6 +119,8 @@ def main(argv=None):
     if args.top_k is not None and args.top_k < 1:
         p.error(f"--top_k {args.top_k}: must be at least 1")
 
+    if args.device == "auto":
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
     models = {}
     for spec in args.ckpt:
         folder = os.path.basename(os.path.dirname(os.path.abspath(spec)))  # out/quickstart/ppo/ckpt.pt -> "ppo"

@@ -37,7 +37,6 @@ over tokens instead, which changes the scale of beta); no label smoothing.
 import dataclasses
 import os
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -48,13 +47,14 @@ from minirlhf.checkpoint import load_model
 from minirlhf.data import load_pairs, right_pad
 from minirlhf.scoring import sequence_logprobs
 from minirlhf.training import (
-    Logger, adamw, all_reduce_sum, check_finite, finish_distributed, cosine_lr, load_resume, opt, parse_args,
-    restore_training_state, resume_path, save_training_checkpoint, seed_everything, set_cpu_threads, setup_runtime,
-    split_batch, step_generator)
+    Logger, accumulation_context, adamw, all_reduce_sum, check_finite, cosine_lr, finish_distributed, load_resume,
+    opt, parse_args, restore_training_state, resume_path, save_training_checkpoint, seed_everything,
+    set_cpu_threads, setup_runtime, split_batch, step_generator)
 
 
 @dataclass
 class Args:
+    # ---- what to train, from what
     train_data: str = opt("data/lab/prefs.jsonl", "preference JSONL: {'prompt', 'chosen', 'rejected'} per line")
     eval_data: str = opt("", "held-out preference JSONL ('' = hold out eval_fraction of train_data)")
     eval_fraction: float = opt(0.1, "fraction of train_data held out when there is no eval_data", ge=0, lt=1)
@@ -62,6 +62,7 @@ class Args:
     sft_ckpt: str = opt("out/sft/ckpt.pt", "the SFT checkpoint: the initial policy and the frozen reference")
     loss: str = opt("dpo", "'dpo' (logistic, Rafailov et al.) or 'ipo' (squared, Azar et al.)", choices=("dpo", "ipo"))
     beta: float = opt(0.1, "DPO: scale of the implied reward (KL strength); IPO: tau, target margin 1/(2 beta)", gt=0)
+    # ---- the algorithm
     batch_size: int = opt(32, "pairs per optimizer step, over all ranks and micro-batches", ge=1)
     micro_batch_size: int = opt(32, "pairs per forward/backward (gradient accumulation makes up the rest)", ge=1)
     max_steps: int = opt(200, "optimizer steps", ge=1)
@@ -69,12 +70,13 @@ class Args:
     warmup_steps: int = opt(10, "linear warm-up steps", ge=0)
     weight_decay: float = opt(0.0, "AdamW weight decay on matrices (0: the pull toward the reference is beta's job)", ge=0)
     grad_clip: float = opt(1.0, "clip the gradient norm to this (0 = off)", ge=0)
+    # ---- evaluation, logging, infrastructure
     eval_interval: int = opt(50, "steps between held-out evaluations", ge=1)
     log_interval: int = opt(10, "steps between log lines", ge=1)
     ckpt_interval: int = opt(100, "steps between checkpoints (one is always written at the end)", ge=1)
     seed: int = opt(1337, "random seed")
     device: str = opt("auto", "'auto', 'cpu', 'cuda', 'cuda:1', ...")
-    threads: int = opt(0, "CPU threads for torch (0 = 1 for a tiny model, else the free cores; see set_cpu_threads)", ge=0)
+    threads: int = opt(0, "CPU threads for torch (0 = choose; see training.set_cpu_threads)", ge=0)
     dtype: str = opt("bfloat16", "autocast dtype on GPU ('bfloat16' or 'float32'); CPU always runs fp32", choices=("bfloat16", "float32"))
     fused_logprobs: bool = opt(False, "log-probs by the fused linear kernel: no (2B, T, V) logits (less memory)")
     resume: bool = opt(False, "continue from out_dir/ckpt.pt (weights, optimizer, step, RNG)")
@@ -88,11 +90,11 @@ class Args:
 
 def make_batch(pairs, device, pad_id):
     """Chosen rows then rejected rows in one right-padded (2B, T) batch, and a mask that is 1 on response tokens."""
-    examples = [pair[0] for pair in pairs] + [pair[1] for pair in pairs]
-    ids, mask = right_pad([p + r for p, r in examples], pad_id)
+    examples = [pair.chosen for pair in pairs] + [pair.rejected for pair in pairs]
+    ids, mask = right_pad([x.tokens for x in examples], pad_id)
     response_mask = torch.zeros_like(mask)
-    for i, (p, r) in enumerate(examples):
-        response_mask[i, len(p): len(p) + len(r)] = 1
+    for i, x in enumerate(examples):
+        response_mask[i, len(x.prompt_ids): len(x.tokens)] = 1
     return ids.to(device), mask.to(device), response_mask.to(device)
 
 
@@ -199,13 +201,11 @@ def main(args):
         g = step_generator(args.seed, step)
         batch_idx = torch.randint(len(train), (args.batch_size,), generator=g).tolist()
         mine = batch_idx[rt.rank * per_rank: (rt.rank + 1) * per_rank]
-        micro = [mine[i::n_micro] for i in range(n_micro)]
+        micro_batches = [mine[i::n_micro] for i in range(n_micro)]
         loss_total, totals = 0.0, {"chosen": 0.0, "rejected": 0.0, "correct": 0.0}
-        for i, idx in enumerate(micro):
+        for i, idx in enumerate(micro_batches):
             ids, mask, response_mask = make_batch([train[j] for j in idx], rt.device, tok.pad_token)
-            # DDP synchronises gradients on the last micro-batch only
-            sync = ddp_model.no_sync() if rt.world_size > 1 and i < n_micro - 1 else nullcontext()
-            with sync, rt.autocast(args.dtype):
+            with accumulation_context(rt, (ddp_model,), i == n_micro - 1, args.dtype):  # DDP syncs on the last
                 loss_sum, stats = dpo_loss(ddp_model, ids, mask, response_mask, train_ref[idx], args)
                 loss = loss_sum / per_rank  # mean over the rank's pairs; DDP averages over ranks
             loss.backward()

@@ -4,10 +4,10 @@
     python train_rloo.py --advantage grpo --out_dir out/grpo --kl_coef 0.04 ...
     diff train_ppo.py train_rloo.py    # what a critic-free method changes, and nothing else
 
-A sibling of train_ppo.py: the same rollout, scoring pass, KL-penalised rewards, prompt check and --exact_kl
-diagnostic (imported from it), the same clipped ratio and update loop. What differs is where the advantage comes
-from. PPO learns a value model and runs GAE; here every prompt is sampled group_size (k) times and each response
-is judged against the others:
+A sibling of train_ppo.py: the same rollout, scoring pass and KL-penalised rewards (imported from it), statistics
+(minirlhf/metrics.py), clipped ratio and update loop; the PPO details of docs/ppo_details.md that apply are marked
+(not 8 and 9: no value model, no whitening). What differs is where the advantage comes from. PPO learns a value
+model and runs GAE; here every prompt is sampled group_size (k) times and each response is judged against the others:
 
   RLOO (Ahmadian et al. 2024, "Back to Basics"): the KL penalty is folded into the sequence reward,
       R_i = score_i - kl_coef * sum_t (log pi - log pi_ref),   A_i = R_i - (1 / (k - 1)) sum_{j != i} R_j
@@ -33,43 +33,37 @@ Simplifications and departures:
 import dataclasses
 import os
 import time
-from contextlib import ExitStack
 from dataclasses import dataclass
 
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from minirlhf.checkpoint import load_model
-from minirlhf.data import PROMPT_FIELDS, encode_prompt, left_pad, read_jsonl
+from minirlhf.data import left_pad, read_prompts
 from minirlhf.ensemble import load_reward_model
-from minirlhf.files import describe
-from minirlhf.monitor import EarlyStop, hacking_signals
-from minirlhf.scoring import response_logprobs
+from minirlhf.lab.evaluate import RunJudge
+from minirlhf.metrics import micro_batch_stats, rollout_metrics
+from minirlhf.monitor import Monitor
+from minirlhf.scoring import exact_kl, response_logprobs
 from minirlhf.training import (
-    Logger, adamw, all_reduce_mean, all_reduce_sum, check_finite, finish_distributed, load_resume, opt, parse_args,
-    restore_training_state, resume_path, save_training_checkpoint, seed_everything, set_cpu_threads, setup_runtime,
-    split_batch, step_generator)
-from train_ppo import check_lab_prompt, exact_kl, kl_penalised_rewards, rollout_scores
+    Logger, accumulation_context, adamw, all_reduce_mean, all_reduce_sum, check_finite, finish_distributed, opt,
+    parse_args, resume_run, save_training_checkpoint, seed_everything, set_cpu_threads, setup_runtime, split_batch,
+    step_generator)
+from train_ppo import kl_penalised_rewards, rollout_scores
 
 
 @dataclass
 class Args:
-    advantage: str = opt("rloo", "'rloo' (leave-one-out baseline, KL in the reward) or 'grpo' (group-normalised, KL as a loss)",
-                         choices=("rloo", "grpo"))
+    advantage: str = opt("rloo", "'rloo' (leave-one-out baseline, KL in the reward) or 'grpo' (group-normalised, "
+                                 "KL as a loss)", choices=("rloo", "grpo"))
     group_size: int = opt(4, "k: samples per prompt; the batch holds batch_size / k prompts", ge=2)
+    # ---- what to train, from what
     prompts: str = opt("data/lab/prompts_train.jsonl", "prompts JSONL: {'prompt'} per line")
-    eval_prompts: str = opt("data/lab/prompts_eval.jsonl", "held-out prompts for the periodic gold evaluation (lab prompts only; '' = none)")
     sft_ckpt: str = opt("out/sft/ckpt.pt", "SFT checkpoint: the frozen reference (and the initial policy)")
-    policy_ckpt: str = opt("", "start the policy from this checkpoint instead, e.g. the last round's policy "
-                               "in iterated RLHF; the KL penalty still measures the distance to sft_ckpt")
-    rm_ckpt: str = opt("out/rm/ckpt.pt", "reward model checkpoint; several comma-separated = an ensemble (minirlhf/ensemble.py)")
-    rm_aggregate: str = opt("mean", "ensemble reward: 'mean', 'min' (worst case) or 'uwo' (mean - uwo_lambda * variance)",
-                            choices=("mean", "min", "uwo"))
-    uwo_lambda: float = opt(0.5, "rm_aggregate uwo: weight of the variance across members", ge=0)
-    monitor_rm_ckpt: str = opt("", "a held-out reward model (other pairs or seed), only watched: monitor/rm_gap ('' = none)")
-    early_stop: str = opt("", "SIGNAL:Z, stop once SIGNAL moves Z baseline stds the hacking way, e.g. "
-                              "objective/kl:2, the best measured on the lab (minirlhf/monitor.py; '' = off)")
+    policy_ckpt: str = opt("", "start the policy here instead (iterated RLHF); the KL is still to sft_ckpt")
+    rm_ckpt: str = opt("out/rm/ckpt.pt", "reward model; a,b,c = an ensemble (ensemble.py)")
     out_dir: str = opt("out/rloo", "where ckpt.pt and log.jsonl go")
+    # ---- the algorithm
     num_iters: int = opt(60, "iterations (rollout + update)", ge=1)
     batch_size: int = opt(64, "rollouts per iteration (batch_size / group_size prompts), over all ranks", ge=1)
     num_minibatches: int = opt(4, "minibatches per epoch (one optimizer step each)", ge=1)
@@ -83,18 +77,22 @@ class Args:
     clip_range: float = opt(0.2, "PPO ratio clip epsilon", gt=0)
     no_eos_score: float = opt(-3.0, "score for a response with no end-of-text (normalised reward units)")
     grad_clip: float = opt(1.0, "clip gradient norms to this (0 = off)", ge=0)
-    eval_interval: int = opt(10, "iterations between held-out gold evaluations (lab prompts)", ge=1)
-    ckpt_interval: int = opt(10, "iterations between checkpoints (one is always written at the end)", ge=1)
-    log_samples: int = opt(2, "sample generations printed with each log line", ge=0)
     seed: int = opt(1337, "random seed")
+    # ---- the lab, the monitor, research extras
+    eval_prompts: str = opt("data/lab/prompts_eval.jsonl", "held-out lab prompts for eval/* ('' = none)")
+    eval_interval: int = opt(10, "iterations between held-out gold evaluations (lab prompts)", ge=1)
+    rm_aggregate: str = opt("mean", "ensemble reward: mean, min or uwo", choices=("mean", "min", "uwo"))
+    uwo_lambda: float = opt(0.5, "rm_aggregate uwo: weight of the variance across members", ge=0)
+    monitor_rm_ckpt: str = opt("", "a held-out reward model, only watched: monitor/rm_gap ('' = none)")
+    early_stop: str = opt("", "SIGNAL:Z, stop once SIGNAL moves Z stds the hacking way (monitor.py; '' = off)")
+    exact_kl: str = opt("auto", "log objective/kl_exact; auto = if vocab <= 8192", choices=("auto", "true", "false"))
+    log_samples: int = opt(2, "sample generations printed with each log line", ge=0)
+    # ---- infrastructure
+    ckpt_interval: int = opt(10, "iterations between checkpoints (one is always written at the end)", ge=1)
     device: str = opt("auto", "'auto', 'cpu', 'cuda', 'cuda:1', ...")
-    threads: int = opt(0, "CPU threads for torch (0 = 1 for a tiny model, else the free cores; see set_cpu_threads)", ge=0)
-    dtype: str = opt("bfloat16", "autocast dtype on GPU ('bfloat16' or 'float32'); CPU always runs fp32", choices=("bfloat16", "float32"))
-    fused_logprobs: bool = opt(False, "log-probs by the fused linear kernel, in rollout and update alike (less memory)")
-    exact_kl: str = opt("auto", "log objective/kl_exact, the full-vocabulary KL to the reference (kernels.full_kl): "
-                                "'true', 'false', or 'auto' = when the vocabulary is at most 8192 tokens (the lab's "
-                                "1013: cheap; GPT-2's 50258: two more forwards and two (micro, R, V) logits)",
-                       choices=("auto", "true", "false"))
+    threads: int = opt(0, "CPU threads for torch (0 = choose; see training.set_cpu_threads)", ge=0)
+    dtype: str = opt("bfloat16", "autocast dtype on GPU; CPU always runs fp32", choices=("bfloat16", "float32"))
+    fused_logprobs: bool = opt(False, "log-probs by the fused linear kernel, in rollout and update (less memory)")
     resume: bool = opt(False, "continue from out_dir/ckpt.pt (policy, optimizer, iteration, RNG)")
     overwrite: bool = opt(False, "start afresh even if out_dir holds a run (its checkpoint and log are replaced)")
     wandb_project: str = opt("", "log to this wandb project ('' = off)")
@@ -109,6 +107,11 @@ class Args:
 
 
 # ----------------------------------------------------------------------------- the math
+
+
+# the metrics printed on each iteration's line (log.jsonl has them all; the README documents each)
+LOG_LINE = ["objective/rm_score", "objective/kl", "objective/kl_exact", "lab/gold", "eval/gold", "policy/approx_kl",
+            "policy/clipfrac", "policy/kl_loss", "rollout/eos_rate", "time/generate", "time/score", "time/update"]
 
 
 def rloo_advantages(rewards, k):
@@ -129,65 +132,61 @@ def no_value_model(tokens, mask, start=0):
     return torch.zeros_like(tokens[:, start:], dtype=torch.float)
 
 
-def main(args):
-    rt = setup_runtime(args.device)
-    seed_everything(args.seed + rt.rank)
-    os.makedirs(args.out_dir, exist_ok=True)
-
-    # ---- three models: the policy is trained; reference and reward model are frozen. All in eval mode.
-    policy, tok, _ = load_model(args.policy_ckpt or args.sft_ckpt, expect="gpt", device=rt.device)
-    ref_policy, ref_tok, _ = load_model(args.sft_ckpt, expect="gpt", device=rt.device)
-    if ref_tok.name != tok.name:
-        raise ValueError(f"{args.policy_ckpt} uses tokenizer {tok.name!r} but {args.sft_ckpt} uses {ref_tok.name!r}")
-    reward_model, rm_tok, rm_ckpts = load_reward_model(args.rm_ckpt, args.rm_aggregate, args.uwo_lambda, rt.device)
-    monitor_rm = load_model(args.monitor_rm_ckpt, expect="scalar", device=rt.device)[0] if args.monitor_rm_ckpt else None
-    early_stop = EarlyStop(args.early_stop)
-    if rm_tok.name != tok.name:
-        raise ValueError(f"SFT model uses tokenizer {tok.name!r} but the reward model uses {rm_tok.name!r}")
-    if not all(c.get("normalised") for c in rm_ckpts):
+def load_models(args, device):
+    """(policy, ref_policy, reward_model, tokenizer, RM checkpoints): the policy is trained, the others frozen.
+    [PPO detail 3] Every model comes in eval mode and stays there: no dropout anywhere."""
+    policy, tok, _ = load_model(args.policy_ckpt or args.sft_ckpt, expect="gpt", device=device)
+    ref_policy, ref_tok, _ = load_model(args.sft_ckpt, expect="gpt", device=device)
+    reward_model, rm_tok, rm_ckpts = load_reward_model(args.rm_ckpt, args.rm_aggregate, args.uwo_lambda, device)
+    if not ref_tok.name == rm_tok.name == tok.name:
+        raise ValueError(f"tokenizers differ: policy {tok.name!r}, SFT {ref_tok.name!r}, reward model {rm_tok.name!r}")
+    if not all(c.get("normalised") for c in rm_ckpts):  # [PPO detail 7] SFT samples score mean 0, std 1
         print(f"warning: {args.rm_ckpt} is not normalised on SFT samples; no_eos_score and kl_coef lose their scale")
     for frozen in (ref_policy, reward_model):
         frozen.requires_grad_(False)
+    return policy, ref_policy, reward_model, tok, rm_ckpts
+
+
+def main(args):
+    rt = setup_runtime(args.device)
+    seed_everything(args.seed + rt.rank)  # [PPO detail 10] each rank samples differently
+    os.makedirs(args.out_dir, exist_ok=True)
+
+    policy, ref_policy, reward_model, tok, rm_ckpts = load_models(args, rt.device)
+    monitor = Monitor(rm_ckpts, args.monitor_rm_ckpt, args.early_stop, rt.device)  # monitor/*, --early_stop
     policy_opt = adamw(policy, args.lr)
     kl_coef, it = args.kl_coef, 0
     if args.resume:
-        ckpt = load_resume(args.out_dir)
-        policy.load_state_dict(ckpt["model"])
-        it = restore_training_state(ckpt, policy_opt)
-        if rt.master:
-            print(f"resumed from {resume_path(args.out_dir)} at iteration {it}")
+        ckpt = resume_run(rt, args.out_dir, policy, policy_opt)
+        it, kl_coef = ckpt["step"], ckpt["kl_coef"]
     policy_ddp = DDP(policy) if rt.world_size > 1 else policy
     logger = Logger(args.out_dir, rt.master, args.wandb_project, dataclasses.asdict(args), resume=args.resume)
 
     # ---- prompts; lab prompts (with a "family" field) are also judged by the gold judge
-    rows = read_jsonl(args.prompts, PROMPT_FIELDS, check=check_lab_prompt)
-    encoded = [encode_prompt(tok, r["prompt"], args.max_prompt_len) for r in rows]
-    prompts = [ids for ids, _ in encoded]
-    longest = max(len(ids) for ids in prompts)
-    if longest + args.max_new_tokens > policy.config.block_size:
-        raise ValueError(f"prompts of up to {longest} tokens (--max_prompt_len {args.max_prompt_len}) + "
-                         f"--max_new_tokens {args.max_new_tokens} > the policy's block_size {policy.config.block_size}")
-    is_lab = all("family" in r for r in rows)
-    eval_rows = read_jsonl(args.eval_prompts, PROMPT_FIELDS) if is_lab and args.eval_prompts else []
+    rows, prompts, n_cut = read_prompts(args.prompts, tok, args.max_prompt_len, args.max_new_tokens, policy.config.block_size)
+    judge = RunJudge.for_run(rows, args)  # lab/gold and eval/*; None off the lab
     log_exact_kl = args.exact_kl == "true" or (args.exact_kl == "auto" and policy.config.vocab_size <= 8192)
     threads = set_cpu_threads(policy.num_params(), args.threads)
     if rt.master:
-        print(f"{len(prompts)} prompts ({sum(c for _, c in encoded)} cut from the left to {args.max_prompt_len} "
-              f"tokens); policy {policy.num_params() / 1e6:.2f}M parameters on {rt.device} ({threads} CPU threads); world size {rt.world_size}")
-    per_rank, mb_size, micro = split_batch(args.batch_size, args.micro_batch_size, rt.world_size, args.num_minibatches)
+        print(f"{len(prompts)} prompts ({n_cut} cut to {args.max_prompt_len} tokens); policy {policy.num_params() / 1e6:.2f}M "
+              f"parameters on {rt.device} ({threads} CPU threads); world size {rt.world_size}")
+    per_rank, mb_size, micro_size = split_batch(args.batch_size, args.micro_batch_size, rt.world_size, args.num_minibatches)
 
     while it < args.num_iters:
-        # ---- 1. rollout: per_rank / k prompts, each k times in consecutive rows
+        # ---- 1. rollout: per_rank / k prompts, each k times in consecutive rows. [PPO detail 4] prompts left-padded
+        # with a pad token that is not end-of-text; positions from the mask. [PPO detail 2] temperature T, no top-k/p.
         t0 = time.time()
-        pick = torch.randint(len(prompts), (per_rank // args.group_size,), generator=step_generator(args.seed, it, rt.rank, stream=1))
+        pick = torch.randint(len(prompts), (per_rank // args.group_size,),
+                             generator=step_generator(args.seed, it, rt.rank, stream=1))
         pick = pick.repeat_interleave(args.group_size).tolist()
         ids, prompt_mask = left_pad([prompts[i] for i in pick], tok.pad_token)
         tokens, mask = policy.generate(ids.to(rt.device), prompt_mask.to(rt.device), args.max_new_tokens,
-                                       eos_token_id=tok.eot_token, pad_token_id=tok.pad_token,
-                                       temperature=args.temperature,
+                                       eos_token_id=tok.eot_token, pad_token_id=tok.pad_token, temperature=args.temperature,
                                        generator=step_generator(args.seed, it, rt.rank, rt.device))
         P = ids.size(1)
-        response, response_mask = tokens[:, P:], mask[:, P:]  # (B, R); tokens after the end-of-text are masked
+        # [PPO detail 5] the mask ends at each response's first end-of-text: log-probs, KL, values, advantages,
+        # whitening and every loss mean below read only the tokens before it (and it)
+        response, response_mask = tokens[:, P:], mask[:, P:]  # (B, R)
         t_generate = time.time() - t0
 
         # ---- 2. score (train_ppo's scoring pass; no value model)
@@ -195,13 +194,15 @@ def main(args):
         with rt.autocast(args.dtype):
             logprobs, ref_logprobs, _, raw_scores = rollout_scores(
                 policy, ref_policy, no_value_model, reward_model, tokens, mask, P, args)
-            token_kl_exact = exact_kl(policy, ref_policy, tokens, mask, P, args) if log_exact_kl else None
+            token_kl_exact = (exact_kl(policy, ref_policy, tokens, mask, P, args.temperature, args.micro_batch_size)
+                              if log_exact_kl else None)
         m = response_mask.float()
         t_score = time.time() - t0
 
         # ---- 3. rewards and advantages from the group: one number per response, given to each of its tokens
         with torch.no_grad():
-            in_reward = kl_coef if args.advantage == "rloo" else 0.0  # GRPO puts the KL in the loss instead
+            # [PPO detail 6] RLOO's reward is PPO's, KL penalty and score; GRPO puts the KL in the loss instead
+            in_reward = kl_coef if args.advantage == "rloo" else 0.0
             rewards, kl, scores, ended = kl_penalised_rewards(logprobs, ref_logprobs, raw_scores, response, m,
                                                               tok.eot_token, in_reward, args.no_eos_score)
             sequence_rewards = rewards.sum(1)  # (B,): score - in_reward * sequence KL
@@ -211,58 +212,36 @@ def main(args):
                 advantages = grpo_advantages(sequence_rewards, args.group_size)
             advantages = advantages[:, None] * m  # (B, R)
 
-        # ---- 4. update: epochs x minibatches x micro-batches, the clipped ratio as in PPO
+        # ---- 4. update, the clipped ratio as in PPO. [PPO detail 10] epochs x minibatches (reshuffled) x micro-batches
         t0 = time.time()
-        stats = {k: [] for k in ("pg_loss", "kl_loss", "approx_kl", "clipfrac", "entropy", "ratio")}
-        first_ratio_error = None
+        stats = []  # one dict per micro-batch (micro_batch_stats)
         for epoch in range(args.ppo_epochs):
             order = torch.randperm(per_rank, generator=step_generator(args.seed + 1, it * args.ppo_epochs + epoch, rt.rank))
-            for start in range(0, per_rank, mb_size):
-                mb = order[start: start + mb_size]
+            for mb_start in range(0, per_rank, mb_size):
+                mb = order[mb_start: mb_start + mb_size]
                 # the minibatch's valid tokens on all ranks: every loss is a mean over them. DDP averages the ranks'
                 # gradients, so each rank divides by n_total / world_size (as train_sft.py does)
                 n_valid = all_reduce_sum(m[mb].sum().item(), rt) / rt.world_size
-                chunks = list(mb.split(micro))
+                chunks = list(mb.split(micro_size))
                 for k, idx in enumerate(chunks):
-                    # Gradients accumulate over the minibatch's micro-batches and are all-reduced once, on the last
-                    # one: DDP's no_sync() skips the all-reduce. An ExitStack enters it (and the autocast)
-                    # conditionally, as one with-block, and leaves them together.
-                    with ExitStack() as stack:
-                        if rt.world_size > 1 and k < len(chunks) - 1:
-                            stack.enter_context(policy_ddp.no_sync())
-                        stack.enter_context(rt.autocast(args.dtype))
-                        mk = m[idx]
+                    with accumulation_context(rt, (policy_ddp,), k == len(chunks) - 1, args.dtype):
+                        mk = m[idx]  # [PPO detail 1] below: the rollout's log-prob function, so the first ratio is 1
                         new_logprobs, entropy = response_logprobs(policy_ddp, tokens[idx], mask[idx], P,
-                                                                  args.temperature, return_entropy=True,
-                                                                  fused=args.fused_logprobs)
+                                                                  args.temperature, return_entropy=True, fused=args.fused_logprobs)
                         logratio = (new_logprobs - logprobs[idx]) * mk
                         ratio = torch.exp(logratio)
-                        adv = advantages[idx]
+                        adv = advantages[idx]  # below: PPO's clipped surrogate
                         pg_losses = torch.max(-adv * ratio, -adv * ratio.clamp(1 - args.clip_range, 1 + args.clip_range))
                         pg_loss = (pg_losses * mk).sum() / n_valid
-
                         ref_logratio = (ref_logprobs[idx] - new_logprobs) * mk
                         k3 = torch.exp(ref_logratio) - ref_logratio - 1  # k3 estimator of KL(pi || pi_ref), per token
                         kl_loss = (k3 * mk).sum() / n_valid if args.advantage == "grpo" else torch.zeros(())
                         (pg_loss + kl_coef * kl_loss).backward()
-
-                    # Statistics per micro-batch, as means over its own valid tokens (n_mk of them). The losses were
-                    # sums over the micro-batch divided by the minibatch's n_valid (so that the accumulated gradient is
-                    # the minibatch mean); multiplying by n_valid / n_mk turns each back into its micro-batch's mean.
-                    with torch.no_grad():
-                        n_mk = mk.sum()
-                        if first_ratio_error is None:
-                            first_ratio_error = ((ratio - 1).abs() * mk).max().item()
-                        stats["pg_loss"].append(pg_loss.item() * n_valid / n_mk.item())
-                        stats["kl_loss"].append(kl_loss.item() * n_valid / n_mk.item())
-                        # approx-KL between the rollout policy and the current one, by the k2 estimator
-                        # 0.5 * (log r)^2 on the rollout's tokens (Schulman, "Approximating KL divergence"):
-                        # >= 0 on every token, unlike k1 = -log r; biased, but close to KL for nearby policies.
-                        stats["approx_kl"].append((0.5 * logratio ** 2 * mk).sum().item() / n_mk.item())
-                        stats["clipfrac"].append((((ratio - 1).abs() > args.clip_range).float() * mk).sum().item() / n_mk.item())
-                        stats["entropy"].append((entropy * mk).sum().item() / n_mk.item())
-                        stats["ratio"].append((ratio * mk).sum().item() / n_mk.item())
-                check_finite(stats["pg_loss"][-1] + stats["kl_loss"][-1], "policy loss", it, args.out_dir)
+                    if not stats:  # [PPO detail 1] on the first micro-batch the ratio is 1, up to rounding
+                        first_ratio_error = ((ratio - 1).abs() * mk).max().item()
+                    losses = {"policy/loss": pg_loss, "policy/kl_loss": kl_loss}
+                    stats.append(micro_batch_stats(losses, n_valid, logratio, ratio, entropy, mk, args.clip_range))
+                check_finite(pg_loss.item() + kl_loss.item(), "policy loss", it, args.out_dir)
                 torch.nn.utils.clip_grad_norm_(policy.parameters(), args.grad_clip or float("inf"))
                 policy_opt.step()
                 policy_opt.zero_grad(set_to_none=True)
@@ -270,48 +249,20 @@ def main(args):
         check_finite(policy, "policy weights", it, args.out_dir)  # before sampling from them
 
         # ---- statistics, evaluation, checkpoint
-        seq_kl = kl.sum(1)  # (B,) sequence KL estimate
-        mean_kl = all_reduce_mean(seq_kl.mean().item(), rt)
-        metrics = {
-            "objective/rm_score": all_reduce_mean(raw_scores.mean().item(), rt),
-            "objective/score": all_reduce_mean(scores.mean().item(), rt),
-            "objective/kl": mean_kl,
-            "objective/reward": all_reduce_mean((scores - kl_coef * seq_kl).mean().item(), rt),
-            "objective/kl_coef": kl_coef,
-            **{f"policy/{k}": all_reduce_mean(sum(stats[k]) / len(stats[k]), rt)
-               for k in ("approx_kl", "clipfrac", "entropy", "ratio")},
-            "policy/loss": all_reduce_mean(sum(stats["pg_loss"]) / len(stats["pg_loss"]), rt),
-            "policy/kl_loss": all_reduce_mean(sum(stats["kl_loss"]) / len(stats["kl_loss"]), rt),
-            "policy/first_ratio_error": first_ratio_error,
-            "rollout/eos_rate": all_reduce_mean(ended.float().mean().item(), rt),
-            "rollout/response_len": all_reduce_mean(response_mask.float().sum(1).mean().item(), rt),
-            "time/generate": t_generate, "time/score": t_score, "time/update": t_update,
-        }
-        if log_exact_kl:  # the same sequence KL, exactly per token along the sampled responses (see exact_kl)
+        metrics = {**rollout_metrics(raw_scores, scores, kl, kl_coef, response_mask, ended, rt),
+                   **{k: all_reduce_mean(sum(s[k] for s in stats) / len(stats), rt) for k in stats[0]},
+                   "policy/first_ratio_error": first_ratio_error,
+                   "time/generate": t_generate, "time/score": t_score, "time/update": t_update}
+        if log_exact_kl:  # the same sequence KL, exactly per token along the sampled responses (scoring.exact_kl)
             metrics["objective/kl_exact"] = all_reduce_mean(token_kl_exact.sum(1).mean().item(), rt)
         texts = [tok.decode(response[b][response_mask[b]].tolist()).removesuffix("<|endoftext|>") for b in range(per_rank)]
-        if is_lab:  # the truth, which the policy never sees: gold score of this iteration's own rollouts
-            from minirlhf.lab import gold
-            golds = [gold(rows[i]["prompt"], text, ended=bool(e)).score for i, text, e in zip(pick, texts, ended)]
-            metrics["lab/gold"] = all_reduce_mean(sum(golds) / len(golds), rt)
-        metrics.update({k: all_reduce_mean(v, rt) for k, v in hacking_signals(  # early warning (minirlhf/monitor.py)
-            reward_model, rm_ckpts, monitor_rm, tokens, mask, P, args.micro_batch_size, raw_scores).items()})
         it += 1
-        if eval_rows and rt.master and (it % args.eval_interval == 0 or it == args.num_iters):
-            from minirlhf.lab.evaluate import evaluate_policy
-            report = evaluate_policy(policy, tok, [r["prompt"] for r in eval_rows], temperature=args.temperature,
-                                     max_new_tokens=args.max_new_tokens, seed=args.seed)
-            metrics.update({f"eval/{k}": v for k, v in report.items() if isinstance(v, (int, float))})
-        logger.log(it, metrics, ["objective/rm_score", "objective/kl", "objective/kl_exact", "lab/gold", "eval/gold",
-                                 "policy/approx_kl",
-                                 "policy/clipfrac", "policy/kl_loss", "rollout/eos_rate", "time/generate",
-                                 "time/score", "time/update"])
-        if rt.master and args.log_samples:
-            for b in range(min(args.log_samples, per_rank)):
-                print(f"    {describe(rows[pick[b]]['prompt'], 200)} -> {texts[b]!r}  (score {scores[b].item():+.2f})")
-        stop = early_stop(metrics)
-        if stop and rt.master:
-            print(f"early stop at iteration {it}: {args.early_stop} fired")
+        if judge:  # the truth, which the policy never sees
+            metrics.update(judge.metrics(it, policy, tok, [rows[i]["prompt"] for i in pick], texts, ended, rt))
+        metrics.update(monitor.signals(reward_model, tokens, mask, P, args.micro_batch_size, raw_scores, rt))
+        logger.log(it, metrics, LOG_LINE)
+        logger.samples([rows[i]["prompt"] for i in pick], texts, scores.tolist(), args.log_samples)
+        stop = monitor.stop(metrics, it, rt)
         if it % args.ckpt_interval == 0 or it == args.num_iters or stop:
             save_training_checkpoint(rt, args.out_dir, policy, stage=args.advantage, tokenizer_name=tok.name, step=it,
                                      args=args, optimizer=policy_opt, kl_coef=kl_coef)

@@ -21,7 +21,6 @@ training pairs is held out for the accuracy report.
 import dataclasses
 import os
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -33,13 +32,14 @@ from minirlhf.data import encode_prompt, left_pad, load_pairs
 from minirlhf.model import ScalarGPT
 from minirlhf.scoring import last_token_scores
 from minirlhf.training import (
-    Logger, adamw, all_reduce_sum, check_finite, finish_distributed, cosine_lr, load_resume, opt, parse_args,
-    restore_training_state, resume_path, save_training_checkpoint, seed_everything, set_cpu_threads, setup_runtime,
-    split_batch, step_generator)
+    Logger, accumulation_context, adamw, all_reduce_sum, check_finite, cosine_lr, finish_distributed, load_resume,
+    opt, parse_args, restore_training_state, resume_path, save_training_checkpoint, seed_everything,
+    set_cpu_threads, setup_runtime, split_batch, step_generator)
 
 
 @dataclass
 class Args:
+    # ---- what to train, from what
     train_data: str = opt("data/lab/prefs.jsonl", "preference JSONL: {'prompt', 'chosen', 'rejected'} per line; "
                                                    "several files comma-separated")
     eval_data: str = opt("", "held-out preference JSONL ('' = hold out eval_fraction of train_data)")
@@ -47,6 +47,7 @@ class Args:
     out_dir: str = opt("out/rm", "where ckpt.pt and log.jsonl go")
     sft_ckpt: str = opt("out/sft/ckpt.pt", "the SFT checkpoint the reward model starts from (and is normalised on)")
     init_from: str = opt("", "a reward model checkpoint to continue from instead (a later round of iterated RLHF)")
+    # ---- the algorithm
     batch_size: int = opt(32, "pairs per optimizer step, over all ranks and micro-batches", ge=1)
     micro_batch_size: int = opt(32, "pairs per forward/backward (gradient accumulation makes up the rest)", ge=1)
     max_steps: int = opt(200, "optimizer steps", ge=1)
@@ -54,15 +55,17 @@ class Args:
     warmup_steps: int = opt(10, "linear warm-up steps", ge=0)
     weight_decay: float = opt(0.01, "AdamW weight decay on matrices", ge=0)
     grad_clip: float = opt(1.0, "clip the gradient norm to this (0 = off)", ge=0)
-    eval_interval: int = opt(50, "steps between held-out evaluations", ge=1)
-    log_interval: int = opt(10, "steps between log lines", ge=1)
-    ckpt_interval: int = opt(100, "steps between checkpoints (one is always written at the end)", ge=1)
+    # ---- the normalisation on SFT samples
     norm_samples: int = opt(256, "SFT samples the output is normalised on (mean 0, std 1)", ge=2)
     norm_temperature: float = opt(0.7, "sampling temperature for those samples (use PPO's)", gt=0)
     max_new_tokens: int = opt(48, "response length limit for those samples", ge=1)
+    # ---- evaluation, logging, infrastructure
+    eval_interval: int = opt(50, "steps between held-out evaluations", ge=1)
+    log_interval: int = opt(10, "steps between log lines", ge=1)
+    ckpt_interval: int = opt(100, "steps between checkpoints (one is always written at the end)", ge=1)
     seed: int = opt(1337, "random seed")
     device: str = opt("auto", "'auto', 'cpu', 'cuda', 'cuda:1', ...")
-    threads: int = opt(0, "CPU threads for torch (0 = 1 for a tiny model, else the free cores; see set_cpu_threads)", ge=0)
+    threads: int = opt(0, "CPU threads for torch (0 = choose; see training.set_cpu_threads)", ge=0)
     dtype: str = opt("bfloat16", "autocast dtype on GPU ('bfloat16' or 'float32'); CPU always runs fp32", choices=("bfloat16", "float32"))
     resume: bool = opt(False, "continue from out_dir/ckpt.pt (weights, optimizer, step, RNG)")
     overwrite: bool = opt(False, "start afresh even if out_dir holds a run (its checkpoint and log are replaced)")
@@ -78,7 +81,7 @@ def make_batch(pairs, device, pad_id):
 
     Left padding puts every row's last real token, where the reward is read, in the last column.
     """
-    ids, mask = left_pad([p + c for (p, c), _, _ in pairs] + [p + r for _, (p, r), _ in pairs], pad_id)
+    ids, mask = left_pad([pair.chosen.tokens for pair in pairs] + [pair.rejected.tokens for pair in pairs], pad_id)
     return ids.to(device), mask.to(device)
 
 
@@ -116,7 +119,7 @@ def training_score_quantiles(rm, pairs, args, device, pad_id):
 
     Stored in the checkpoint so that PPO can count the responses its reward model scores above anything the
     model saw in training (an early-warning signal of reward hacking: the policy has left the data)."""
-    sequences = [p + c for (p, c), _, _ in pairs] + [p + r for _, (p, r), _ in pairs]  # prompt + response
+    sequences = [pair.chosen.tokens for pair in pairs] + [pair.rejected.tokens for pair in pairs]
     scores = []
     for i in range(0, len(sequences), args.micro_batch_size):
         ids, mask = left_pad(sequences[i: i + args.micro_batch_size], pad_id)
@@ -157,7 +160,9 @@ def main(args):
     if args.resume:
         ckpt = load_resume(args.out_dir, expect="scalar")
         if ckpt.get("normalised"):
-            print(f"{resume_path(args.out_dir)} is already the finished, normalised reward model")
+            if rt.master:
+                print(f"{resume_path(args.out_dir)} is already the finished, normalised reward model")
+            finish_distributed(model, rt)
             return
         model.load_state_dict(ckpt["model"])
         step = restore_training_state(ckpt, optimizer)
@@ -189,12 +194,10 @@ def main(args):
         g = step_generator(args.seed, step)
         batch_idx = torch.randint(len(train), (args.batch_size,), generator=g).tolist()
         mine = [train[i] for i in batch_idx[rt.rank * per_rank: (rt.rank + 1) * per_rank]]
-        micro = [make_batch(mine[i::n_micro], rt.device, tok.pad_token) for i in range(n_micro)]
+        micro_batches = [make_batch(mine[i::n_micro], rt.device, tok.pad_token) for i in range(n_micro)]
         loss_total, correct = 0.0, 0
-        for i, (ids, mask) in enumerate(micro):
-            # DDP synchronises gradients on the last micro-batch only
-            sync = ddp_model.no_sync() if rt.world_size > 1 and i < n_micro - 1 else nullcontext()
-            with sync, rt.autocast(args.dtype):
+        for i, (ids, mask) in enumerate(micro_batches):
+            with accumulation_context(rt, (ddp_model,), i == n_micro - 1, args.dtype):  # DDP syncs on the last
                 loss_sum, _, right = bradley_terry(ddp_model, ids, mask)
                 loss = loss_sum / per_rank  # mean over the rank's pairs; DDP averages over ranks
             loss.backward()

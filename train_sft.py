@@ -16,7 +16,6 @@ Simplifications: examples are drawn with replacement in random batches (no epoch
 import dataclasses
 import os
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -25,19 +24,21 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from minirlhf.data import SFT_FIELDS, encode_example, read_jsonl, right_pad
 from minirlhf.scoring import response_logprobs
 from minirlhf.training import (
-    Logger, adamw, all_reduce_sum, check_finite, finish_distributed, cosine_lr, init_policy, load_resume, opt,
-    parse_args, restore_training_state, resume_path, save_training_checkpoint, seed_everything, set_cpu_threads,
-    setup_runtime, split_batch, step_generator)
+    Logger, accumulation_context, adamw, all_reduce_sum, check_finite, cosine_lr, finish_distributed, init_policy,
+    load_resume, opt, parse_args, restore_training_state, resume_path, save_training_checkpoint, seed_everything,
+    set_cpu_threads, setup_runtime, split_batch, step_generator)
 
 
 @dataclass
 class Args:
+    # ---- what to train, from what
     train_data: str = opt("data/lab/sft.jsonl", "SFT JSONL: {'prompt', 'response'} per line")
     eval_data: str = opt("", "held-out SFT JSONL for the eval loss ('' = none)")
     out_dir: str = opt("out/sft", "where ckpt.pt and log.jsonl go")
     init_from: str = opt("scratch:small", "'scratch:PRESET' (tiny, small, gpt2, ...), a GPT-2 folder/hub name, or a .pt checkpoint")
     tokenizer: str = opt("lab", "'lab', 'gpt2' or a .tiktoken file")
     block_size: int = opt(128, "context length for a model from scratch; prompts are cut from the left to fit", ge=2)
+    # ---- the algorithm
     batch_size: int = opt(32, "examples per optimizer step, over all ranks and micro-batches", ge=1)
     micro_batch_size: int = opt(32, "examples per forward/backward (gradient accumulation makes up the rest)", ge=1)
     max_steps: int = opt(300, "optimizer steps", ge=1)
@@ -45,13 +46,14 @@ class Args:
     warmup_steps: int = opt(20, "linear warm-up steps", ge=0)
     weight_decay: float = opt(0.01, "AdamW weight decay on matrices", ge=0)
     grad_clip: float = opt(1.0, "clip the gradient norm to this (0 = off)", ge=0)
+    # ---- evaluation, logging, infrastructure
     eval_interval: int = opt(100, "steps between held-out evaluations", ge=1)
     eval_examples: int = opt(256, "held-out examples per evaluation", ge=1)
     log_interval: int = opt(10, "steps between log lines", ge=1)
     ckpt_interval: int = opt(100, "steps between checkpoints (one is always written at the end)", ge=1)
     seed: int = opt(1337, "random seed")
     device: str = opt("auto", "'auto', 'cpu', 'cuda', 'cuda:1', ...")
-    threads: int = opt(0, "CPU threads for torch (0 = 1 for a tiny model, else the free cores; see set_cpu_threads)", ge=0)
+    threads: int = opt(0, "CPU threads for torch (0 = choose; see training.set_cpu_threads)", ge=0)
     dtype: str = opt("bfloat16", "autocast dtype on GPU ('bfloat16' or 'float32'); CPU always runs fp32", choices=("bfloat16", "float32"))
     fused_logprobs: bool = opt(False, "log-probs by the fused linear kernel: no (B, T, V) logits (less memory, slower)")
     resume: bool = opt(False, "continue from out_dir/ckpt.pt (weights, optimizer, step, RNG)")
@@ -140,13 +142,11 @@ def main(args):
         g = step_generator(args.seed, step)
         batch_idx = torch.randint(len(train), (args.batch_size,), generator=g).tolist()
         mine = [train[i] for i in batch_idx[rt.rank * per_rank: (rt.rank + 1) * per_rank]]
-        micro = [make_batch(mine[i::n_micro], rt.device, tok.pad_token) for i in range(n_micro)]
-        n_tokens = all_reduce_sum(sum(m[2][:, 1:].sum().item() for m in micro), rt)  # loss tokens, all ranks
+        micro_batches = [make_batch(mine[i::n_micro], rt.device, tok.pad_token) for i in range(n_micro)]
+        n_tokens = all_reduce_sum(sum(m[2][:, 1:].sum().item() for m in micro_batches), rt)  # loss tokens, all ranks
         loss_total = 0.0
-        for i, (ids, mask, loss_mask) in enumerate(micro):
-            # DDP synchronises gradients on the last micro-batch only
-            sync = ddp_model.no_sync() if rt.world_size > 1 and i < n_micro - 1 else nullcontext()
-            with sync, rt.autocast(args.dtype):
+        for i, (ids, mask, loss_mask) in enumerate(micro_batches):
+            with accumulation_context(rt, (ddp_model,), i == n_micro - 1, args.dtype):  # DDP syncs on the last
                 loss_sum, _ = sft_loss(ddp_model, ids, mask, loss_mask, args.fused_logprobs)
                 # The step's loss is the mean over all its response tokens on all ranks; DDP averages gradients
                 # over ranks, so each rank's share is multiplied back by world_size.
@@ -161,7 +161,7 @@ def main(args):
         step += 1
 
         metrics = {"train/loss": loss_value, "train/lr": lr, "train/grad_norm": grad_norm,
-                   "time/tokens_per_s": sum(m[1].sum().item() for m in micro) * rt.world_size / (time.time() - t0)}
+                   "time/tokens_per_s": sum(m[1].sum().item() for m in micro_batches) * rt.world_size / (time.time() - t0)}
         if evals and (step % args.eval_interval == 0 or step == args.max_steps):
             metrics["eval/loss"] = evaluate()
         if step % args.log_interval == 0 or step == args.max_steps or "eval/loss" in metrics:

@@ -13,6 +13,7 @@ What the model sees: encode(prompt) + encode(response) + [eot]. The prompt carri
 
 import json
 import os
+from typing import NamedTuple
 
 import torch
 
@@ -87,6 +88,21 @@ def encode_prompt(tok, prompt, max_len):
     return ids[-max_len:], len(ids) > max_len
 
 
+def read_prompts(path, tok, max_prompt_len, max_new_tokens, block_size):
+    """An RL script's prompts: the rows of a prompts JSONL and their ids, cut from the left to max_prompt_len.
+    Refuses, before any training and naming the line, a row tagged with a lab family that is not a lab prompt
+    (the gold judge reads it), and prompts that leave no room in the context for max_new_tokens.
+    Returns (rows, prompt ids, how many prompts were cut)."""
+    from minirlhf.lab.world import check_lab_prompt
+    rows = read_jsonl(path, PROMPT_FIELDS, check=check_lab_prompt)
+    encoded = [encode_prompt(tok, r["prompt"], max_prompt_len) for r in rows]
+    longest = max(len(ids) for ids, _ in encoded)
+    if longest + max_new_tokens > block_size:
+        raise ValueError(f"prompts of up to {longest} tokens (--max_prompt_len {max_prompt_len}) + "
+                         f"--max_new_tokens {max_new_tokens} > the policy's block_size {block_size}")
+    return rows, [ids for ids, _ in encoded], sum(cut for _, cut in encoded)
+
+
 def encode_example(tok, prompt, response, block_size):
     """(prompt ids, response ids + [eot]) fitting in block_size tokens, and whether the prompt was truncated.
 
@@ -98,19 +114,35 @@ def encode_example(tok, prompt, response, block_size):
     return ids, resp, truncated
 
 
-def load_pairs(path, tok, block_size):
-    """Preference JSONL file(s), comma-separated -> (pairs, number of pairs whose prompt was cut).
+class Example(NamedTuple):
+    """One side of a preference pair, as token ids: the prompt's, and the response's (end-of-text included)."""
+    prompt_ids: list
+    response_ids: list
 
-    Each pair is ((prompt ids, chosen ids + eot), (prompt ids, rejected ids + eot), prompt text). The two sides
-    are encoded separately: a long prompt may be cut differently to fit each response. The reward model scores
-    prompt + response; DPO also needs to know where each response starts.
+    @property
+    def tokens(self):
+        return self.prompt_ids + self.response_ids
+
+
+class Pair(NamedTuple):
+    """A preference pair: the chosen and the rejected Example, and the prompt's text."""
+    chosen: Example
+    rejected: Example
+    prompt: str
+
+
+def load_pairs(path, tok, block_size):
+    """Preference JSONL file(s), comma-separated -> ([Pair], number of pairs whose prompt was cut).
+
+    The two sides are encoded separately: a long prompt may be cut differently to fit each response. The reward
+    model scores prompt + response (Example.tokens); DPO also needs to know where each response starts.
     """
     rows = [row for one in path.split(",") for row in read_jsonl(one, PREFERENCE_FIELDS)]
     pairs, n_cut = [], 0
     for row in rows:
-        pc, rc, cut1 = encode_example(tok, row["prompt"], row["chosen"], block_size)
-        pr, rr, cut2 = encode_example(tok, row["prompt"], row["rejected"], block_size)
-        pairs.append(((pc, rc), (pr, rr), row["prompt"]))
+        *chosen, cut1 = encode_example(tok, row["prompt"], row["chosen"], block_size)
+        *rejected, cut2 = encode_example(tok, row["prompt"], row["rejected"], block_size)
+        pairs.append(Pair(Example(*chosen), Example(*rejected), row["prompt"]))
         n_cut += cut1 or cut2
     return pairs, n_cut
 

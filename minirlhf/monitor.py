@@ -33,7 +33,9 @@ import math
 
 import torch
 
+from minirlhf.checkpoint import load_model
 from minirlhf.scoring import last_token_scores
+from minirlhf.training import all_reduce_mean
 
 # signal -> the direction it moves when the policy hacks the reward (+1 rises, -1 falls, 0 either way: real
 # RLHF hacks lengthen responses and collapse entropy, but on the lab the hacks are short answers)
@@ -169,3 +171,28 @@ class GoldAuditStop:
         sd = math.sqrt(max(self.total_sq - total * total / N, 0.0) / max(N - 1, 1))
         self.statistic = (self.best - current) / (max(sd, self.min_sd) * math.sqrt(1 / n + 1 / self.best_n))
         return self.statistic > self.z
+
+
+class Monitor:
+    """The monitor as an RL loop uses it, in two lines: signals() each iteration, stop() after logging.
+
+    rm_ckpts: the training reward model's checkpoints (one per ensemble member); monitor_rm_ckpt: a held-out
+    reward model that is only watched ('' = none); early_stop: the --early_stop spec ('' = off).
+    """
+
+    def __init__(self, rm_ckpts, monitor_rm_ckpt="", early_stop="", device="cpu"):
+        self.rm_ckpts, self.early_stop, self.spec = rm_ckpts, EarlyStop(early_stop), early_stop
+        self.held_out = load_model(monitor_rm_ckpt, expect="scalar", device=device)[0] if monitor_rm_ckpt else None
+
+    def signals(self, reward_model, tokens, mask, P, micro_batch_size, raw_scores, rt):
+        """monitor/* for this iteration's rollouts, averaged over ranks (hacking_signals)."""
+        signals = hacking_signals(reward_model, self.rm_ckpts, self.held_out, tokens, mask, P, micro_batch_size,
+                                  raw_scores)
+        return {k: all_reduce_mean(v, rt) for k, v in signals.items()}
+
+    def stop(self, metrics, it, rt):
+        """True once --early_stop fires on the metrics logged so far (this iteration's included)."""
+        fired = self.early_stop(metrics)
+        if fired and rt.master:
+            print(f"early stop at iteration {it}: {self.spec} fired")
+        return fired

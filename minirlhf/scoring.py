@@ -81,3 +81,23 @@ def last_token_scores(scalar_model, tokens, mask, start=0):
     values = scalar_model(tokens, mask, start=start)  # (B, T - start)
     last = tail.size(1) - 1 - tail.flip(1).argmax(1)  # index of the last 1 in each row
     return values.gather(1, last[:, None]).squeeze(1)
+
+
+@torch.no_grad()
+def exact_kl(model, ref_model, tokens, mask, start, temperature=1.0, micro_batch_size=16):
+    """Exact per-token KL(pi || pi_ref) over the whole vocabulary at every response position: (B, T - start).
+
+    A diagnostic, logged beside the KL PPO trains on (objective/kl_exact). The reward's KL term is the sampled
+    estimate log pi(a_t) - log pi_ref(a_t) (k1: unbiased, but one token's worth of information, and negative on
+    some tokens). Summed over the sampled response, the exact per-token KL has the same expectation, the sequence
+    KL (the chain rule of KL), with less variance: logging both shows how noisy the estimate PPO trains on is.
+    It costs a second forward of both models and their (micro, R, V) logits, one micro-batch at a time;
+    kernels.full_kl streams over the vocabulary (Triton on GPU). Zero after each row's last real token.
+    """
+    out = []
+    for i in range(0, tokens.size(0), micro_batch_size):
+        t, m = tokens[i: i + micro_batch_size], mask[i: i + micro_batch_size]
+        logits = model(t, m, start=start - 1)[:, :-1]  # (b, R, V): the logits response_logprobs reads
+        ref_logits = ref_model(t, m, start=start - 1)[:, :-1]
+        out.append(kernels.full_kl(logits, ref_logits, temperature=temperature))  # (b, R) fp32
+    return torch.cat(out) * mask[:, start:].float()

@@ -14,14 +14,14 @@ import os
 import random
 import sys
 import time
-from contextlib import nullcontext
+from contextlib import ExitStack, nullcontext
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
 from minirlhf.checkpoint import load_checkpoint, load_model, non_finite_entries, save_checkpoint
-from minirlhf.files import truncate_lines
+from minirlhf.files import describe, truncate_lines
 from minirlhf.flags import number, split_batch  # noqa: F401 (split_batch: the scripts' one micro-batch check)
 from minirlhf.model import GPT, GPTConfig
 from minirlhf.tokenizer import get_tokenizer
@@ -179,6 +179,18 @@ def finish_distributed(model, rt):
 
     The caller first drops its DDP wrappers: each holds the process group, and a group still held after
     destroy_process_group is destroyed whenever its last holder goes (at interpreter exit if a reference cycle
+def accumulation_context(rt, ddp_models, last, dtype):
+    """The context of one micro-batch's forward and backward: the autocast and, on every micro-batch of a
+    minibatch but its last, DDP's no_sync() on each DDP-wrapped model. Gradients then accumulate locally and are
+    all-reduced once, on the last micro-batch (each DDP model needs its own no_sync; without DDP it is a no-op)."""
+    stack = ExitStack()
+    if rt.world_size > 1 and not last:
+        for model in ddp_models:
+            stack.enter_context(model.no_sync())
+    stack.enter_context(rt.autocast(dtype))
+    return stack
+
+
     holds it), where gloo's threads can abort a run that went well ("terminate called without an active exception").
     """
     if rt.world_size == 1:
@@ -261,6 +273,19 @@ def check_finite(value, name, step, out_dir):
     (save_checkpoint also refuses to save non-finite weights, so the checkpoint on disk is always good).
     `value` is a float, or a model whose weights are checked (after an optimizer step)."""
     if isinstance(value, torch.nn.Module):
+def resume_run(rt, out_dir, model, optimizer, **state):
+    """--resume: the model, its optimizer and the RNGs from out_dir/ckpt.pt, and each extra module or optimizer
+    from the state dict saved under its keyword (e.g. value_model=...). Returns the checkpoint (step, ...)."""
+    ckpt = load_resume(out_dir)
+    model.load_state_dict(ckpt["model"])
+    for key, obj in state.items():
+        obj.load_state_dict(ckpt[key])
+    restore_training_state(ckpt, optimizer)
+    if rt.master:
+        print(f"resumed from {resume_path(out_dir)} at step {ckpt['step']}")
+    return ckpt
+
+
         bad = non_finite_entries(value.state_dict())
         value = float("nan") if bad else 0.0
         name = f"{name} ({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''})"
@@ -293,8 +318,8 @@ class Logger:
         self.path = os.path.join(out_dir, "log.jsonl")
         self.t0 = time.time()
         self.wandb = None
-        # A fresh run replaces log.jsonl at its first line, not before: a run that stops on bad input first
-        # loses nothing (and prepare_out_dir has refused to start over a run that was not to be replaced).
+        # A fresh run replaces log.jsonl at its first line, not before: a run that stops on bad input first loses
+        # nothing (and check_out_dir, run by parse_args, has refused to start over a run not to be replaced).
         self.mode = "a" if resume else "w"
         if enabled:
             os.makedirs(out_dir, exist_ok=True)
@@ -318,6 +343,12 @@ class Logger:
 def _fmt(v):
     return f"{v:.4g}" if isinstance(v, float) else str(v)
 
+
+    def samples(self, prompts, texts, scores, n):
+        """Print the first n (prompt, response, score) of a batch under its log line: what the policy now says."""
+        if self.enabled:
+            for prompt, text, score in list(zip(prompts, texts, scores))[:n]:
+                print(f"    {describe(prompt, 200)} -> {text!r}  (score {score:+.2f})")
 
 def save_training_checkpoint(rt, out_dir, model, *, stage, tokenizer_name, step, args, optimizer, **extra):
     if rt.master:

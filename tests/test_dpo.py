@@ -14,11 +14,16 @@ import torch
 import train_dpo
 import train_sft
 from minirlhf.checkpoint import load_checkpoint, load_model
-from minirlhf.data import read_jsonl, write_jsonl
+from minirlhf.data import Example, Pair, read_jsonl, write_jsonl
 from minirlhf.lab import annotate
 from minirlhf.lab.make_data import make_data
 from minirlhf.model import GPT, GPTConfig
 from minirlhf.training import parse_args
+
+
+def pair(chosen, rejected):
+    """A data.Pair from its two sides, each (prompt ids, response ids), as load_pairs makes them."""
+    return Pair(Example(*chosen), Example(*rejected), "")
 
 
 class UniformLM(torch.nn.Module):
@@ -49,7 +54,7 @@ def test_loss_matches_the_formula(beta, pi_c, ref_c, pi_r, ref_r, dpo, ipo):
 @pytest.mark.parametrize("loss_type", ["dpo", "ipo"])
 def test_log_probs_are_summed_over_response_tokens_only(loss_type):
     # Right-padded batch, prompts of different lengths: chosen has 2 response tokens, rejected 3 (eot included).
-    pairs = [(([5, 6], [7, 3]), ([5, 6, 5, 6], [7, 7, 3]))]
+    pairs = [pair(([5, 6], [7, 3]), ([5, 6, 5, 6], [7, 7, 3]))]
     ids, mask, response_mask = train_dpo.make_batch(pairs, "cpu", pad_id=0)
     assert ids.shape == (2, 7) and response_mask.sum(1).tolist() == [2, 3]
     model = UniformLM(vocab_size=8)
@@ -78,18 +83,18 @@ def test_zero_gradient_when_policy_is_reference_and_chosen_is_rejected(loss_type
         assert stats["chosen"] == 0 and stats["rejected"] == 0 and stats["correct"] == len(pairs) / 2
         return loss_sum.item(), math.sqrt(sum(p.grad.pow(2).sum().item() for p in model.parameters()))
 
-    same = [(([1, 2, 3], [4, 5, 30]), ([1, 2, 3], [4, 5, 30])), (([7], [8, 9, 10, 30]), ([7], [8, 9, 10, 30]))]
+    same = [pair(([1, 2, 3], [4, 5, 30]), ([1, 2, 3], [4, 5, 30])), pair(([7], [8, 9, 10, 30]), ([7], [8, 9, 10, 30]))]
     loss, norm = grad_norm(same)
     assert loss == pytest.approx(2 * (math.log(2) if loss_type == "dpo" else 25.0))  # margin 0 in both pairs
     assert norm < 1e-10
     # ... while a pair of different responses does move the policy (the check above is not vacuous)
-    assert grad_norm([(([1, 2, 3], [4, 5, 30]), ([1, 2, 3], [6, 30]))])[1] > 1e-3
+    assert grad_norm([pair(([1, 2, 3], [4, 5, 30]), ([1, 2, 3], [6, 30]))])[1] > 1e-3
 
 
 def test_fused_linear_logprobs_give_the_same_sequence_logprobs():
     torch.manual_seed(0)
     model = GPT(GPTConfig.preset("tiny", vocab_size=32, block_size=16)).eval()
-    pairs = [(([1, 2, 3], [4, 5, 30]), ([1, 2, 3, 4, 5], [6, 30])), (([7], [8, 9, 10, 30]), ([7, 7], [11, 30]))]
+    pairs = [pair(([1, 2, 3], [4, 5, 30]), ([1, 2, 3, 4, 5], [6, 30])), pair(([7], [8, 9, 10, 30]), ([7, 7], [11, 30]))]
     batch = train_dpo.make_batch(pairs, "cpu", pad_id=31)
     plain, fused = train_dpo.sequence_logprobs(model, *batch), train_dpo.sequence_logprobs(model, *batch, fused=True)
     torch.testing.assert_close(fused, plain, rtol=1e-5, atol=1e-5)

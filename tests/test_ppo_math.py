@@ -11,7 +11,8 @@ import torch
 
 from minirlhf.model import GPT, GPTConfig, ScalarGPT
 from minirlhf.training import Runtime
-from train_ppo import exact_kl, gae, kl_penalised_rewards, masked_whiten, rollout_scores
+from minirlhf.scoring import exact_kl
+from train_ppo import gae, kl_penalised_rewards, masked_whiten, rollout_scores
 
 torch.manual_seed(0)
 SINGLE = Runtime(rank=0, world_size=1, device="cpu", master=True)
@@ -89,11 +90,10 @@ def test_exact_kl_is_the_full_vocabulary_sum_written_out():
     """exact_kl = sum_v p_v (log p_v - log q_v) at each response position, at the temperature; 0 after the end."""
     cfg = GPTConfig.preset("tiny", vocab_size=40, block_size=32)
     policy, ref = GPT(cfg).eval(), GPT(cfg).eval()
-    args = types.SimpleNamespace(micro_batch_size=1, temperature=0.7)
     P = 3
     tokens = torch.tensor([[39, 1, 2, 10, 11, 12], [3, 4, 5, 13, 14, 39]])
     mask = torch.tensor([[0, 1, 1, 1, 1, 1], [1, 1, 1, 1, 1, 0]])
-    got = exact_kl(policy, ref, tokens, mask, P, args)
+    got = exact_kl(policy, ref, tokens, mask, P, temperature=0.7, micro_batch_size=1)
     with torch.no_grad():
         logp = torch.log_softmax(policy(tokens, mask).double() / 0.7, -1)[:, P - 1: -1]  # (B, R, V)
         logq = torch.log_softmax(ref(tokens, mask).double() / 0.7, -1)[:, P - 1: -1]

@@ -17,7 +17,7 @@ import torch
 import train_rm
 import train_sft
 from minirlhf.checkpoint import save_checkpoint
-from minirlhf.data import encode_example, write_jsonl
+from minirlhf.data import Example, Pair, encode_example, write_jsonl
 from minirlhf.model import GPT, GPTConfig, ScalarGPT
 from minirlhf.tokenizer import get_tokenizer
 from minirlhf.scoring import response_logprobs
@@ -73,7 +73,7 @@ def test_bradley_terry_loss_is_minus_log_sigmoid_of_the_margin():
     rm64 = copy.deepcopy(rm).double()
     pairs = [([1, 2, 3, 4, EOT], [1, 2, 5, EOT], ""), ([6, 7, EOT], [6, 8, 9, 10, 11, EOT], ""),
              ([12, 13, 14, EOT], [12, 15, EOT], "")]
-    batch = train_rm.make_batch([(([], c), ([], r), prompt) for c, r, prompt in pairs], "cpu", PAD)  # data.load_pairs' shape
+    batch = train_rm.make_batch([Pair(Example([], c), Example([], r), prompt) for c, r, prompt in pairs], "cpu", PAD)
     loss_sum, n, right = train_rm.bradley_terry(rm, *batch)
     reward = lambda seq: rm64(torch.tensor([seq]))[0, -1].item()  # noqa: E731  the last token of an unpadded row
     margins = [reward(c) - reward(r) for c, r, _ in pairs]

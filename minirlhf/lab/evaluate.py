@@ -38,11 +38,12 @@ import statistics
 import torch
 
 from minirlhf.data import PREFERENCE_FIELDS, PROMPT_FIELDS, read_jsonl
-from minirlhf.lab.gold import gold
-from minirlhf.sampling import Sample, batched, reward_scores, sample_responses
-from minirlhf.lab.world import FAMILIES, answer, eval_tasks, family_pool, flawed_content, ideal_response, parse_prompt
-from minirlhf.scoring import sequence_logprobs
 from minirlhf.flags import number
+from minirlhf.lab.gold import gold
+from minirlhf.lab.world import FAMILIES, answer, eval_tasks, family_pool, flawed_content, ideal_response, parse_prompt
+from minirlhf.sampling import Sample, batched, reward_scores, sample_responses
+from minirlhf.scoring import sequence_logprobs
+from minirlhf.training import all_reduce_mean
 
 ROWS = [  # (metric key, label in the table)
     ("gold", "gold score"),
@@ -91,6 +92,36 @@ def evaluate_policy(model, tok, prompts, *, reward_model=None, reward_mean=0.0, 
         metrics["kl"] = kl.mean().item()
     model.train(was_training)
     return (metrics, judged) if return_samples else metrics
+
+
+class RunJudge:
+    """What the lab adds to an RL run, in one call per iteration; the policy never sees it, the judge only watches.
+
+    lab/gold  the gold judge's mean score of this iteration's own rollouts (all ranks);
+    eval/*    every eval_interval iterations and at the last, evaluate_policy on the held-out prompts (rank 0).
+    for_run(rows, args) gives None when the prompts are not the lab's (no "family" field): then there is no gold.
+    """
+
+    def __init__(self, eval_prompts, eval_interval, num_iters, temperature, max_new_tokens, seed):
+        self.eval_prompts, self.eval_interval, self.num_iters = eval_prompts, eval_interval, num_iters
+        self.sampling = dict(temperature=temperature, max_new_tokens=max_new_tokens, seed=seed)
+
+    @classmethod
+    def for_run(cls, rows, args):
+        if not all("family" in r for r in rows):
+            return None
+        eval_rows = read_jsonl(args.eval_prompts, PROMPT_FIELDS) if args.eval_prompts else []
+        return cls([r["prompt"] for r in eval_rows], args.eval_interval, args.num_iters, args.temperature,
+                   args.max_new_tokens, args.seed)
+
+    def metrics(self, it, policy, tok, prompts, texts, ended, rt):
+        """it: iterations done; prompts, texts, ended: this rank's rollouts (text before the end-of-text)."""
+        golds = [gold(p, text, ended=bool(e)).score for p, text, e in zip(prompts, texts, ended)]
+        out = {"lab/gold": all_reduce_mean(sum(golds) / len(golds), rt)}
+        if self.eval_prompts and rt.master and (it % self.eval_interval == 0 or it == self.num_iters):
+            report = evaluate_policy(policy, tok, self.eval_prompts, **self.sampling)
+            out.update({f"eval/{k}": v for k, v in report.items() if isinstance(v, (int, float))})
+        return out
 
 
 def summarize(samples):

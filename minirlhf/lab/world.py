@@ -168,6 +168,15 @@ def parse_prompt(prompt):
     return parse_question(m.group(1)) if m else None
 
 
+def check_lab_prompt(row):
+    """A prompt row tagged with a lab family must be a lab prompt, since the gold judge reads it: a read_jsonl
+    check, so that a bad row is named (file, line, field) before any training."""
+    if "family" in row and parse_prompt(row["prompt"]) is None:
+        from minirlhf.files import describe
+        raise ValueError(f"field 'prompt' is not a lab prompt, though tagged family {row['family']!r}: "
+                         f"{describe(row['prompt'])}")
+
+
 # ----------------------------------------------------------------------------- the prompt pools
 
 
