@@ -98,12 +98,12 @@ class Args:
         split_batch(self.batch_size, self.micro_batch_size, world_size, self.num_minibatches)
 
 
-# ----------------------------------------------------------------------------- the math
-
-
 # the metrics printed on each iteration's line (log.jsonl has them all; the README documents each)
 LOG_LINE = ["objective/rm_score", "objective/kl", "objective/kl_exact", "lab/gold", "eval/gold", "policy/approx_kl",
             "policy/clipfrac", "value/explained_var", "rollout/eos_rate", "time/generate", "time/score", "time/update"]
+
+
+# ----------------------------------------------------------------------------- the math
 
 
 def gae(rewards, values, gamma, lam):

@@ -106,12 +106,12 @@ class Args:
                              f"(each rank samples its own groups of group_size responses per prompt)")
 
 
-# ----------------------------------------------------------------------------- the math
-
-
 # the metrics printed on each iteration's line (log.jsonl has them all; the README documents each)
 LOG_LINE = ["objective/rm_score", "objective/kl", "objective/kl_exact", "lab/gold", "eval/gold", "policy/approx_kl",
             "policy/clipfrac", "policy/kl_loss", "rollout/eos_rate", "time/generate", "time/score", "time/update"]
+
+
+# ----------------------------------------------------------------------------- the math
 
 
 def rloo_advantages(rewards, k):
