@@ -43,6 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 
+from minirlhf import lora
 from minirlhf.checkpoint import load_model
 from minirlhf.data import load_pairs, right_pad
 from minirlhf.scoring import sequence_logprobs
@@ -79,6 +80,9 @@ class Args:
     threads: int = opt(0, "CPU threads for torch (0 = choose; see training.set_cpu_threads)", ge=0)
     dtype: str = opt("bfloat16", "autocast dtype on GPU ('bfloat16' or 'float32'); CPU always runs fp32", choices=("bfloat16", "float32"))
     fused_logprobs: bool = opt(False, "log-probs by the fused linear kernel: no (2B, T, V) logits (less memory)")
+    lora_rank: int = opt(0, "LoRA rank: train low-rank adapters on a frozen trunk (minirlhf/lora.py; 0 = off)", ge=0)
+    lora_alpha: float = opt(16.0, "LoRA scale: the adapters' update is lora_alpha / lora_rank * B A", gt=0)
+    lora_targets: str = opt("c_attn,c_proj,c_fc", "the blocks' Linear layers that get adapters (LoRA)")
     resume: bool = opt(False, "continue from out_dir/ckpt.pt (weights, optimizer, step, RNG)")
     overwrite: bool = opt(False, "start afresh even if out_dir holds a run (its checkpoint and log are replaced)")
     wandb_project: str = opt("", "log to this wandb project ('' = off)")
@@ -141,6 +145,7 @@ def main(args):
 
     # ---- model and data
     model, tok, _ = load_model(args.sft_ckpt, expect="gpt", device=rt.device)  # eval mode: dropout off
+    model = lora.from_args(model, args, base=args.sft_ckpt)  # --lora_rank: adapters on the SFT trunk
     block_size = model.config.block_size
     train, n_cut = load_pairs(args.train_data, tok, block_size)
     if args.eval_data:
@@ -156,7 +161,8 @@ def main(args):
     # The reference: the SFT model, frozen. Scored once here, then dropped (also when resuming: the policy in
     # out_dir has moved, the reference has not, so it is read from sft_ckpt again).
     t0 = time.time()
-    ref_model = load_model(args.sft_ckpt, expect="gpt", device=rt.device)[0].requires_grad_(False)
+    ref_model = lora.AdaptersOff(model) if args.lora_rank else load_model(args.sft_ckpt, expect="gpt", device=rt.device)[0]
+    ref_model.requires_grad_(False)  # LoRA: the policy with its adapters off, the SFT trunk itself
     with rt.autocast(args.dtype):
         train_ref = pair_logprobs(ref_model, train, args.micro_batch_size, rt.device, tok.pad_token,
                                        args.fused_logprobs)
@@ -169,7 +175,7 @@ def main(args):
     step = 0
     if args.resume:
         ckpt = load_resume(args.out_dir)
-        model.load_state_dict(ckpt["model"])
+        lora.load_trained_state_dict(model, ckpt["model"])
         step = restore_training_state(ckpt, optimizer)
         if rt.master:
             print(f"resumed from {resume_path(args.out_dir)} at step {step}")

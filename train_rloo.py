@@ -38,6 +38,7 @@ from dataclasses import dataclass
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
+from minirlhf import lora
 from minirlhf.checkpoint import load_model
 from minirlhf.data import left_pad, read_prompts
 from minirlhf.ensemble import load_reward_model
@@ -93,6 +94,9 @@ class Args:
     threads: int = opt(0, "CPU threads for torch (0 = choose; see training.set_cpu_threads)", ge=0)
     dtype: str = opt("bfloat16", "autocast dtype on GPU; CPU always runs fp32", choices=("bfloat16", "float32"))
     fused_logprobs: bool = opt(False, "log-probs by the fused linear kernel, in rollout and update (less memory)")
+    lora_rank: int = opt(0, "LoRA rank: train low-rank adapters on a frozen trunk (minirlhf/lora.py; 0 = off)", ge=0)
+    lora_alpha: float = opt(16.0, "LoRA scale: the adapters' update is lora_alpha / lora_rank * B A", gt=0)
+    lora_targets: str = opt("c_attn,c_proj,c_fc", "the blocks' Linear layers that get adapters (LoRA)")
     resume: bool = opt(False, "continue from out_dir/ckpt.pt (policy, optimizer, iteration, RNG)")
     overwrite: bool = opt(False, "start afresh even if out_dir holds a run (its checkpoint and log are replaced)")
     wandb_project: str = opt("", "log to this wandb project ('' = off)")
@@ -136,8 +140,10 @@ def load_models(args, device):
     """(policy, ref_policy, reward_model, tokenizer, RM checkpoints): the policy is trained, the others frozen.
     [PPO detail 3] Every model comes in eval mode and stays there: no dropout anywhere."""
     policy, tok, _ = load_model(args.policy_ckpt or args.sft_ckpt, expect="gpt", device=device)
-    ref_policy, ref_tok, _ = load_model(args.sft_ckpt, expect="gpt", device=device)
+    ref_policy, ref_tok, _ = (None, tok, None) if args.lora_rank else load_model(args.sft_ckpt, expect="gpt", device=device)
     reward_model, rm_tok, rm_ckpts = load_reward_model(args.rm_ckpt, args.rm_aggregate, args.uwo_lambda, device)
+    if args.lora_rank:  # the reference is the policy with its adapters off (lora.py)
+        policy, ref_policy = lora.rl_policy(policy, args)
     if not ref_tok.name == rm_tok.name == tok.name:
         raise ValueError(f"tokenizers differ: policy {tok.name!r}, SFT {ref_tok.name!r}, reward model {rm_tok.name!r}")
     if not all(c.get("normalised") for c in rm_ckpts):  # [PPO detail 7] SFT samples score mean 0, std 1

@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 
+from minirlhf import lora
 from minirlhf.checkpoint import load_model
 from minirlhf.data import encode_prompt, left_pad, load_pairs
 from minirlhf.model import ScalarGPT
@@ -67,6 +68,9 @@ class Args:
     device: str = opt("auto", "'auto', 'cpu', 'cuda', 'cuda:1', ...")
     threads: int = opt(0, "CPU threads for torch (0 = choose; see training.set_cpu_threads)", ge=0)
     dtype: str = opt("bfloat16", "autocast dtype on GPU ('bfloat16' or 'float32'); CPU always runs fp32", choices=("bfloat16", "float32"))
+    lora_rank: int = opt(0, "LoRA rank: train low-rank adapters on a frozen trunk (minirlhf/lora.py; 0 = off)", ge=0)
+    lora_alpha: float = opt(16.0, "LoRA scale: the adapters' update is lora_alpha / lora_rank * B A", gt=0)
+    lora_targets: str = opt("c_attn,c_proj,c_fc", "the blocks' Linear layers that get adapters (LoRA)")
     resume: bool = opt(False, "continue from out_dir/ckpt.pt (weights, optimizer, step, RNG)")
     overwrite: bool = opt(False, "start afresh even if out_dir holds a run (its checkpoint and log are replaced)")
     wandb_project: str = opt("", "log to this wandb project ('' = off)")
@@ -143,6 +147,7 @@ def main(args):
         model.train()
     else:
         model = ScalarGPT.from_gpt(sft).train()
+    model = lora.from_args(model, args, base=args.init_from or args.sft_ckpt, trained=("score.",), rl=False)  # LoRA + head
     block_size = model.config.block_size
     train, n_cut = load_pairs(args.train_data, tok, block_size)
     if args.eval_data:
@@ -164,7 +169,7 @@ def main(args):
                 print(f"{resume_path(args.out_dir)} is already the finished, normalised reward model")
             finish_distributed(model, rt)
             return
-        model.load_state_dict(ckpt["model"])
+        lora.load_trained_state_dict(model, ckpt["model"])
         step = restore_training_state(ckpt, optimizer)
         if rt.master:
             print(f"resumed from {resume_path(args.out_dir)} at step {step}")

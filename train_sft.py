@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
+from minirlhf import lora
 from minirlhf.data import SFT_FIELDS, encode_example, read_jsonl, right_pad
 from minirlhf.scoring import response_logprobs
 from minirlhf.training import (
@@ -56,6 +57,10 @@ class Args:
     threads: int = opt(0, "CPU threads for torch (0 = choose; see training.set_cpu_threads)", ge=0)
     dtype: str = opt("bfloat16", "autocast dtype on GPU ('bfloat16' or 'float32'); CPU always runs fp32", choices=("bfloat16", "float32"))
     fused_logprobs: bool = opt(False, "log-probs by the fused linear kernel: no (B, T, V) logits (less memory, slower)")
+    lora_rank: int = opt(0, "LoRA rank: train low-rank adapters on a frozen trunk (minirlhf/lora.py; 0 = off)", ge=0)
+    lora_alpha: float = opt(16.0, "LoRA scale: the adapters' update is lora_alpha / lora_rank * B A", gt=0)
+    lora_targets: str = opt("c_attn,c_proj,c_fc", "the blocks' Linear layers that get adapters (LoRA)")
+    lora_dropout: float = opt(0.0, "dropout on the adapters' input (SFT only: RL refuses it)", ge=0, lt=1)
     resume: bool = opt(False, "continue from out_dir/ckpt.pt (weights, optimizer, step, RNG)")
     overwrite: bool = opt(False, "start afresh even if out_dir holds a run (its checkpoint and log are replaced)")
     wandb_project: str = opt("", "log to this wandb project ('' = off)")
@@ -100,6 +105,7 @@ def main(args):
 
     # ---- model and data
     model, tok = init_policy(args.init_from, args.tokenizer, args.block_size, rt.device)
+    model = lora.from_args(model, args, base=args.init_from, rl=False)  # --lora_rank: adapters on a frozen trunk
     block_size = model.config.block_size
     train, n_cut = load_examples(args.train_data, tok, block_size)
     evals = load_examples(args.eval_data, tok, block_size)[0][: args.eval_examples] if args.eval_data else []
@@ -111,7 +117,7 @@ def main(args):
     step = 0
     if args.resume:
         ckpt = load_resume(args.out_dir)
-        model.load_state_dict(ckpt["model"])
+        lora.load_trained_state_dict(model, ckpt["model"])
         step = restore_training_state(ckpt, optimizer)
         if rt.master:
             print(f"resumed from {resume_path(args.out_dir)} at step {step}")

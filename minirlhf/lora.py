@@ -29,7 +29,8 @@ c_proj (4C, C): r (C + 3C + C + C + C + 4C + 4C + C) = 16 r C per layer. Model w
 Memory (bytes per parameter). Full fine-tuning holds fp32 weights, fp32 gradients and AdamW's two fp32
 moments: 16 B per trained parameter. With LoRA on a GPU the frozen block matrices are held in the autocast dtype
 (bf16, 2 B: no fp32 master copy, no gradient, no optimizer state); embeddings and LayerNorms (a few % of the
-weights) stay fp32 so the residual stream keeps fp32 precision; adapters and heads are fp32 (16 B each, on
+weights) stay fp32 so the residual stream keeps fp32 precision (outside autocast, in generation, an adapted
+layer then runs its matmul in bf16 and hands back fp32); adapters and heads are fp32 (16 B each, on
 about 1-2 % of the weights). GPT-2 XL: 1558M x 16 B = 25 GB to train fully, about 3.3 GB + 0.3 GB with LoRA
 r=16. Activations are not smaller: the backward still runs through the whole frozen trunk to reach the early
 layers' adapters. bench/bench_memory.py gives the per-stage table, arithmetic beside CPU measurements.
@@ -78,13 +79,17 @@ class LoRALinear(nn.Linear):
         self.enabled, self.merged = True, False
 
     def forward(self, x):
-        if torch.is_autocast_enabled(x.device.type):  # cast once: base and adapter matmuls share one saved input
+        dtype, autocast = x.dtype, torch.is_autocast_enabled(x.device.type)
+        if autocast:  # cast once, so the base and the adapter matmul save one and the same input for the backward
             x = x.to(torch.get_autocast_dtype(x.device.type))
+        elif x.dtype != self.weight.dtype:  # bf16 frozen weights outside autocast (generation): a bf16 matmul
+            x = x.to(self.weight.dtype)
         y = F.linear(x, self.weight, self.bias)
-        if not self.enabled or self.merged:
-            return y
-        h = F.dropout(x, self.dropout, self.training).to(self.lora_A.dtype)  # adapters are fp32 (bf16 under autocast)
-        return y + (F.linear(F.linear(h, self.lora_A), self.lora_B) * self.scaling).to(y.dtype)
+        if self.enabled and not self.merged:
+            h = F.dropout(x, self.dropout, self.training)
+            h = h if autocast else h.to(self.lora_A.dtype)  # adapters are fp32 (autocast casts them to bf16)
+            y = y + (F.linear(F.linear(h, self.lora_A), self.lora_B) * self.scaling).to(y.dtype)
+        return y if autocast else y.to(dtype)  # outside autocast the caller's dtype comes back (fp32 residual)
 
     def delta_weight(self):
         """(alpha / r) B A, (out, in), computed in float64 and rounded once to the weight's dtype."""
@@ -144,12 +149,57 @@ def add_lora(model, rank, alpha, targets="c_attn,c_proj,c_fc", dropout=0.0, trai
 
 
 def from_args(model, args, base, trained=(), rl=True):
-    """The scripts' one call: LoRA from --lora_rank / --lora_alpha / --lora_targets (/ --lora_dropout, SFT only).
-    --lora_rank 0 returns the model untouched (full fine-tuning)."""
+    """The scripts' one call: LoRA from --lora_rank / --lora_alpha / --lora_targets (/ --lora_dropout, SFT only),
+    on a loaded model; --lora_rank 0 returns it untouched (full fine-tuning). On a GPU under bf16 autocast the
+    frozen matrices go to bf16 (frozen_to). `adamw(model, lr)` then trains what requires grad: the adapters."""
     if not getattr(args, "lora_rank", 0):
         return model
-    return add_lora(model, args.lora_rank, args.lora_alpha, args.lora_targets, getattr(args, "lora_dropout", 0.0),
-                    trained, rl, base)
+    if str(base).startswith("scratch:"):
+        raise ValueError(f"--lora_rank with --init_from {base}: LoRA adapts a trained model; a random one has "
+                         "nothing to keep frozen")
+    model = add_lora(model, args.lora_rank, args.lora_alpha, args.lora_targets, getattr(args, "lora_dropout", 0.0),
+                     trained, rl, base)
+    if getattr(args, "dtype", "") == "bfloat16" and next(model.parameters()).device.type == "cuda":
+        frozen_to(model, torch.bfloat16)
+    return model
+
+
+def rl_policy(policy, args):
+    """(policy, reference) for PPO/RLOO with --lora_rank: adapters on the SFT trunk, and that trunk with its
+    adapters off. `policy` is load_model(--policy_ckpt or --sft_ckpt): a LoRA SFT checkpoint arrives merged,
+    so the reference is always the SFT model. A --policy_ckpt (iterated RLHF) must be adapters on --sft_ckpt:
+    they are put back unmerged on the SFT trunk, so that turning them off still gives the SFT model."""
+    if not getattr(args, "policy_ckpt", ""):
+        policy = from_args(policy, args, base=args.sft_ckpt)
+        return policy, AdaptersOff(policy)
+    from minirlhf.checkpoint import load_checkpoint, load_model  # (checkpoint.py imports this module)
+
+    ckpt = load_checkpoint(args.policy_ckpt, expect="gpt")
+    sft = load_model(args.sft_ckpt, expect="gpt", device=next(policy.parameters()).device)[0]
+    if "lora" not in ckpt or ckpt["lora"]["base_sha256"] != trunk_sha256(sft):
+        raise ValueError(f"--policy_ckpt {args.policy_ckpt} with --lora_rank: the reference is the policy with its "
+                         f"adapters off, so the policy must be LoRA adapters on --sft_ckpt {args.sft_ckpt}; this one "
+                         f"is {'adapters on another base' if 'lora' in ckpt else 'a plain model'}")
+    cfg = ckpt["lora"]
+    policy = add_lora(sft, cfg["rank"], cfg["alpha"], cfg["targets"], base=args.sft_ckpt)
+    load_trained_state_dict(policy, ckpt["model"])
+    if getattr(args, "dtype", "") == "bfloat16" and next(policy.parameters()).device.type == "cuda":
+        frozen_to(policy, torch.bfloat16)
+    return policy, AdaptersOff(policy)
+
+
+def value_on_reward_trunk(reward_model, args):
+    """PPO with --lora_rank: (reward model, value model) on one trunk. The value model is adapters + a value
+    head (a copy of the reward head) on the reward model's trunk; the reward model is that trunk with the
+    adapters off. With an ensemble, the first member's trunk carries the value model (as without LoRA, where
+    the value model starts from the first member)."""
+    members = getattr(reward_model, "members", None)
+    first = members[0] if members is not None else reward_model
+    trunk = from_args(first, args, base=args.rm_ckpt.split(",")[0])
+    if members is None:
+        return AdaptersOff(trunk), ValueOnTrunk(trunk)
+    members[0] = AdaptersOff(trunk)  # a view holds no parameters: freezing the ensemble leaves the adapters alone
+    return reward_model, ValueOnTrunk(trunk)
 
 
 def is_lora(model):
@@ -265,10 +315,10 @@ def frozen_to(model, dtype):
     """Hold the frozen block matrices in `dtype` (bf16 under GPU autocast: 2 B a weight, no fp32 master copy);
     embeddings, LayerNorms, biases and everything trained stay fp32. Autocast would cast these matrices to bf16
     for every matmul anyway, so the numbers are the same; only the fp32 copies go."""
-    for name, m in getattr(model, "module", model).named_modules():
-        if isinstance(m, nn.Linear) and name.startswith(("transformer.h.", "trunk.transformer.h.")) and \
-                not m.weight.requires_grad:
-            m.weight.data = m.weight.data.to(dtype)
+    for _, m in lora_layers(getattr(model, "module", model)):  # layers outside --lora_targets stay fp32
+        m.weight.data = m.weight.data.to(dtype)
+        if m.bias is not None:
+            m.bias.data = m.bias.data.to(dtype)
     return model
 
 

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from minirlhf import lora
 from minirlhf.checkpoint import load_checkpoint, load_model, non_finite_entries, save_checkpoint
 from minirlhf.files import describe, truncate_lines
 from minirlhf.flags import number, split_batch  # noqa: F401 (split_batch: the scripts' one micro-batch check)
@@ -277,9 +278,12 @@ def resume_run(rt, out_dir, model, optimizer, **state):
     """--resume: the model, its optimizer and the RNGs from out_dir/ckpt.pt, and each extra module or optimizer
     from the state dict saved under its keyword (e.g. value_model=...). Returns the checkpoint (step, ...)."""
     ckpt = load_resume(out_dir)
-    model.load_state_dict(ckpt["model"])
+    lora.load_trained_state_dict(model, ckpt["model"])  # the whole state; under LoRA adapters and heads alone
     for key, obj in state.items():
-        obj.load_state_dict(ckpt[key])
+        if isinstance(obj, torch.nn.Module):  # a value model: as the model above
+            lora.load_trained_state_dict(obj, ckpt[key])
+        else:
+            obj.load_state_dict(ckpt[key])
     restore_training_state(ckpt, optimizer)
     if rt.master:
         print(f"resumed from {resume_path(out_dir)} at step {ckpt['step']}")

@@ -9,12 +9,14 @@ checkpoint, and refuse a base whose weights changed; dropout is refused in RL.
 """
 
 import copy
+from types import SimpleNamespace
 
 import pytest
 import torch
 
 from minirlhf import lora
 from minirlhf.checkpoint import CheckpointError, load_checkpoint, load_model, merge_checkpoint, save_checkpoint
+from minirlhf.ensemble import RewardEnsemble
 from minirlhf.model import GPT, GPTConfig, ScalarGPT
 from minirlhf.scoring import response_logprobs
 from minirlhf.training import adamw
@@ -118,10 +120,10 @@ def test_adapters_off_view_is_the_base_model_bit_for_bit():
 
 def test_value_model_on_the_reward_trunk():
     rm, tokens, mask = model_and_batch(cls=ScalarGPT)
-    trunk = lora.add_lora(copy.deepcopy(rm), RANK, ALPHA)
-    value, reward = lora.ValueOnTrunk(trunk), lora.AdaptersOff(trunk)
+    args = SimpleNamespace(lora_rank=RANK, lora_alpha=ALPHA, lora_targets="c_attn,c_proj,c_fc", rm_ckpt="rm.pt")
+    reward, value = lora.value_on_reward_trunk(copy.deepcopy(rm), args)
     assert torch.equal(value(tokens, mask), rm(tokens, mask))  # B = 0 and the head copied from the reward head
-    randomise_B(trunk)
+    randomise_B(value.trunk)
     with torch.no_grad():
         value.score.bias.add_(1.0)
     assert torch.equal(reward(tokens, mask, start=3), rm(tokens, mask, start=3))  # adapters off: the reward model
@@ -133,6 +135,14 @@ def test_value_model_on_the_reward_trunk():
     fresh = lora.ValueOnTrunk(lora.add_lora(copy.deepcopy(rm), RANK, ALPHA))
     lora.load_trained_state_dict(fresh, state)
     assert torch.equal(fresh(tokens, mask), value(tokens, mask))
+    second = copy.deepcopy(rm)
+    with torch.no_grad():
+        second.score.bias.add_(0.5)
+    ensemble = RewardEnsemble([copy.deepcopy(rm), second], "min")
+    want = ensemble(tokens, mask)
+    ensemble, value = lora.value_on_reward_trunk(ensemble.requires_grad_(False), args)  # value on the first trunk
+    randomise_B(value.trunk)
+    assert torch.equal(ensemble(tokens, mask), want) and any(p.requires_grad for p in value.parameters())
 
 
 def test_rl_refuses_dropout_and_bad_targets():
@@ -151,6 +161,8 @@ def test_frozen_weights_in_bf16_adapters_fp32():
     dtypes = {n: p.dtype for n, p in model.named_parameters()}
     assert all(d == torch.bfloat16 for n, d in dtypes.items() if n.endswith(("c_attn.weight", "c_fc.weight")))
     assert all(d == torch.float32 for n, d in dtypes.items() if "lora_" in n or "wte" in n or "ln_" in n)
+    tokens = torch.randint(1000, (2, 6))  # generation runs outside autocast: bf16 matmuls, fp32 residual stream
+    assert model.generate(tokens, None, 3, eos_token_id=1002, pad_token_id=1003)[0].shape == (2, 9)
 
 
 def test_adapter_checkpoint_round_trip_merge_and_mismatched_base(tmp_path):
