@@ -279,6 +279,28 @@ def markdown(results):
     return "\n".join(lines) + "\n"
 
 
+def docs_tables(results):
+    """The two tables of docs/lora.md (bench/docs_check.py regenerates them from memory_cpu.json)."""
+    rows = {(r["preset"], r["stage"], r["lora_rank"]): r for r in results["gpu"]}
+    lines = ["| model | stage | full: peak 24 GB shape | LoRA r=16: peak | fits 24 GB: full, LoRA | full: peak 80 GB shape "
+             "| LoRA: peak | fits 80 GB: full, LoRA |", "|---|---|---|---|---|---|---|---|"]
+    yes = lambda r, card: "yes" if r[f"fits_{card}gb"] else "no"  # noqa: E731
+    for preset in PRESETS:
+        for stage in STAGES:
+            f, l = rows[(preset, stage, 0)], rows[(preset, stage, RANK)]
+            lines.append(f"| {preset} | {stage} | {gb(f['24gb']['peak']):.1f} GB | {gb(l['24gb']['peak']):.1f} GB | "
+                         f"{yes(f, 24)}, {yes(l, 24)} | {gb(f['80gb']['peak']):.1f} GB | {gb(l['80gb']['peak']):.1f} GB "
+                         f"| {yes(f, 80)}, {yes(l, 80)} |")
+    lines += ["", "| model | stage | LoRA | arithmetic (GB) | measured peak RSS (GB) | measured / arithmetic |",
+              "|---|---|---|---|---|---|"]
+    for r in results["cpu"]:
+        if "measured_GB" in r:
+            lines.append(f"| {r['preset']} | {r['stage']} | {'r=' + str(r['lora_rank']) if r['lora_rank'] else 'full'} "
+                         f"| {r['arithmetic_GB']:.2f} | {r['measured_GB']:.2f} | {r['ratio']:.2f} |")
+    lines += ["", f"{results['machine']}, {results['date']}; `{results['command']}`."]
+    return "\n".join(lines)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--no_measure", action="store_true", help="arithmetic only")
@@ -298,6 +320,9 @@ def main(argv=None):
                "lora": dict(rank=RANK, alpha=2 * RANK, targets="c_attn,c_proj,c_fc"), "gpu_shapes": GPU_SHAPES,
                "cpu_shape": CPU_SHAPE, "gpu": gpu_table(), "cpu": []}
     done = {(r["stage"], r["preset"], r["lora_rank"]): r for r in old.get("cpu", []) if "measured_GB" in r}
+    if args.only and not args.no_measure:  # measurements of the other presets are kept: say which runs made them
+        results["command"] = "; ".join([c for c in old.get("command", "").split("; ") if "--only" in c and
+                                        c.split("--only")[1].split()[0] != args.only] + [results["command"]])
     presets = args.only.split(",") if args.only else list(PRESETS)
     for preset in PRESETS:
         for stage in STAGES:

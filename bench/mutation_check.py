@@ -27,6 +27,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PPO = ["tests/test_ppo_math.py", "tests/test_ppo_reference.py"]
 REF = ["tests/test_rl_reference.py"]
 DPO = ["tests/test_dpo.py::test_loss_matches_the_formula"]
+LORA = ["tests/test_lora.py", "tests/test_lora_scripts.py"]
 
 # (file, exact code substring, its replacement, what goes wrong, tests that must fail)
 MUTATIONS = [
@@ -87,6 +88,19 @@ MUTATIONS = [
      "response_logprobs(ref_policy, t, m, P, 1.0", "reference log-probs without the temperature", PPO),
     ("train_ppo.py", "args.temperature, return_entropy=True", "1.0, return_entropy=True",
      "update log-probs without the temperature", PPO),
+    ("minirlhf/lora.py", "nn.Parameter(torch.zeros(self.out_features, rank,",
+     "nn.Parameter(0.01 * torch.randn(self.out_features, rank,", "LoRA B not zero at init: step 0 is not the base model",
+     LORA),
+    ("minirlhf/lora.py", "self.scaling = alpha / rank", "self.scaling = alpha / math.sqrt(rank)",
+     "LoRA scaling alpha / sqrt(r) instead of alpha / r", LORA),
+    ("minirlhf/lora.py", "        with adapters_off(self._model):\n            return self._model(*args, **kwargs)",
+     "        with contextlib.nullcontext():\n            return self._model(*args, **kwargs)",
+     "LoRA reference with the adapters on (the policy itself)", LORA),
+    ("minirlhf/lora.py", "h = F.dropout(x, self.dropout, self.training)", "h = F.dropout(x, 0.1, True)",
+     "LoRA dropout on in PPO (dropping even in eval mode)", LORA),
+    ("minirlhf/lora.py", "if rl and dropout > 0:", "if False:", "LoRA dropout not refused in RL", LORA),
+    ("minirlhf/lora.py", "return AdaptersOff(trunk), ValueOnTrunk(trunk)", "return trunk, ValueOnTrunk(trunk)",
+     "LoRA PPO's reward read with the value adapters on", LORA),
 ]
 
 
