@@ -228,7 +228,7 @@ def main():
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--noises", default="flip,clean")
     p.add_argument("--kl_coefs", default="0.01,0.0")
-    p.add_argument("--iters", type=int, default=30, help="PPO iterations per run")
+    p.add_argument("--iters", type=int, default=16, help="PPO iterations per run")
     p.add_argument("--agg", default="min", help="how PPO aggregates a prediction ensemble (mean, min, uwo)")
     p.add_argument("--note", default="", help="analyse: how the runs were made (machine load), kept in the JSON")
     p.add_argument("--json", default="bench/results/ensembles_cpu.json")

@@ -115,7 +115,10 @@ def ppo_curve(log_path):
     gold = smooth([r["lab/gold"] for r in log])
     sqrt_kl = [math.sqrt(k) for k in smooth([max(r["objective/kl"], 0.0) for r in log])]
     return {"iter": [r["step"] for r in log], "gold": gold, "sqrt_kl": sqrt_kl,
-            "proxy": smooth([r["objective/rm_score"] for r in log]), "seconds": log[-1]["time/elapsed"]}
+            "proxy": smooth([r["objective/rm_score"] for r in log]), "seconds": log[-1]["time/elapsed"],
+            "gold_mean": statistics.fmean(r["lab/gold"] for r in log),
+            "sqrt_kl_mean": math.sqrt(statistics.fmean(max(r["objective/kl"], 0.0) for r in log)),
+            "eval_gold_end": log[-1].get("eval/gold")}
 
 
 def gold_at(curve, d):
@@ -142,6 +145,18 @@ def model_paths(out, noise):
     return {**paths, "d": members(out, noise, "d")[0]}, kinds
 
 
+def cached_groups(path, sample):
+    """sample() -> [[Sample] * N] per prompt, kept in a JSON file so that a rerun ranks the very same samples."""
+    from minirlhf.sampling import Sample
+    if os.path.exists(path):
+        return [[Sample(**s) for s in g] for g in json.load(open(path))]
+    groups = sample()
+    with open(path + ".tmp", "w") as f:
+        json.dump([[vars(s) for s in g] for g in groups], f)
+    os.replace(path + ".tmp", path)
+    return groups
+
+
 def bon_and_errors(out, noise, seed, ns=(1, 2, 4, 8, 16, 32, 64), n_per_family=20):
     """Best-of-n over one set of SFT samples per seed (every curve ranks the same samples), against one reward
     model, each prediction ensemble's mean / min / uwo (lambda 0.5) and WARM; and every ensemble's error
@@ -151,44 +166,55 @@ def bon_and_errors(out, noise, seed, ns=(1, 2, 4, 8, 16, 32, 64), n_per_family=2
     from minirlhf.lab.bestofn import bon_curve, sample_groups, score_groups
     from minirlhf.lab.world import eval_tasks
     path = f"{out}/analysis/bon_{noise}_s{seed}.json"
-    if os.path.exists(path):
+    if os.path.exists(path) and json.load(open(path)).get("complete"):
         return json.load(open(path))
     os.makedirs(os.path.dirname(path), exist_ok=True)
     torch.set_num_threads(1)
     sft, tok, _ = load_model(f"{out}/sft0/ckpt.pt", expect="gpt")
     prompts = [t.prompt for t in eval_tasks(0, n_per_family)]
-    groups = sample_groups(sft, tok, prompts, max(ns), temperature=0.7, max_new_tokens=32, batch_size=256, seed=seed)
+    groups = cached_groups(f"{out}/analysis/bon_samples_s{seed}.json", lambda: sample_groups(
+        sft, tok, prompts, max(ns), temperature=0.7, max_new_tokens=32, batch_size=256, seed=seed))
     paths, kinds = model_paths(out, noise)
-    margins_path = f"{out}/analysis/margins_{noise}.pt"  # the members are the same for every seed: scored once
-    if os.path.exists(margins_path):
-        margins, g = torch.load(margins_path)
-    else:
+    paths = {n: p for n, p in paths.items() if os.path.exists(p)}  # a kind whose members are not all trained: left out
+    kinds = {kind: names for kind, names in kinds.items() if all(n in paths for n in names)}
+    margins_path = f"{out}/analysis/margins_{noise}.pt"  # the members are the same for every seed: scored once each
+    margins, g = torch.load(margins_path) if os.path.exists(margins_path) else ({}, None)
+    if set(paths) - set(margins):
         chosen, rejected, g = heldout_pairs(out, tok)
-        margins = {name: raw_scores(m, tok, chosen) - raw_scores(m, tok, rejected)  # (P,) each
-                   for name, m in ((n, load_model(p, expect="scalar")[0]) for n, p in sorted(paths.items()))}
+        for name in sorted(set(paths) - set(margins)):
+            m = load_model(paths[name], expect="scalar")[0]
+            margins[name] = raw_scores(m, tok, chosen) - raw_scores(m, tok, rejected)  # (P,)
         torch.save((margins, g), margins_path)
     ended = torch.tensor([[s.ended for s in grp] for grp in groups])  # (prompts, N)
+    scores_path = f"{out}/analysis/bon_scores_{noise}_s{seed}.pt"
+    cached = torch.load(scores_path) if os.path.exists(scores_path) else {}
     bon_scores, scale = {}, {}
     for name, p in sorted(paths.items()):
         same = next((n for n in bon_scores if paths[n] == p), None)  # c0 is a0: scored once
         if same:
             bon_scores[name], scale[name] = bon_scores[same], scale[same]
             continue
-        bon_scores[name] = torch.tensor(score_groups(EnsembleScorer(load_model(p, expect="scalar")[0], tok), groups))
+        if name not in cached:
+            cached[name] = torch.tensor(score_groups(EnsembleScorer(load_model(p, expect="scalar")[0], tok), groups))
+            torch.save(cached, scores_path)
+        bon_scores[name] = cached[name]  # (prompts, N)
         r = bon_scores[name][ended]  # the raw scores of the policy's (SFT 0's) own finished samples
         scale[name] = {"mean": r.mean().item(), "std": r.std().item()}
         print(f"{noise} s{seed} {name}: gold-pair accuracy {(margins[name] > 0).double().mean().item():.3f}, "
               f"score on SFT samples {scale[name]['mean']:+.2f} +- {scale[name]['std']:.2f}", flush=True)
     result = {"noise": noise, "seed": seed, "n_prompts": len(prompts), "n_samples": max(ns), "curves": {},
+              "complete": len(kinds) == 3 and "d" in paths,
               "errors": {}, "accuracy": {n: (m > 0).double().mean().item() for n, m in margins.items()}, "scale": scale}
     result["curves"]["single"] = bon_curve(groups, bon_scores["a0"].tolist(), list(ns))
-    result["curves"]["d"] = bon_curve(groups, bon_scores["d"].tolist(), list(ns))
+    if "d" in paths:
+        result["curves"]["d"] = bon_curve(groups, bon_scores["d"].tolist(), list(ns))
     for kind, names in kinds.items():
         stacked = torch.stack([bon_scores[n] for n in names])  # (k, prompts, N)
         for agg in ("mean", "min", "uwo"):
             result["curves"][f"{kind}/{agg}"] = bon_curve(groups, aggregate(stacked, agg, 0.5).tolist(), list(ns))
         result["errors"][kind] = error_statistics(torch.stack([margins[n] for n in names]), g)
-    result["errors"]["single+d"] = error_statistics(torch.stack([margins["a0"], margins["d"]]), g)
+    if "d" in paths:
+        result["errors"]["single+d"] = error_statistics(torch.stack([margins["a0"], margins["d"]]), g)
     with open(path + ".tmp", "w") as f:
         json.dump(result, f, indent=1)
     os.replace(path + ".tmp", path)
@@ -210,6 +236,8 @@ def ppo_table(out, stages):
             continue  # unfinished
         rows.append({**st.meta, "name": os.path.basename(st.resume_dir), "gold_start": curve["gold"][0],
                      "gold_max": max(curve["gold"]), "gold_end": curve["gold"][-1], "sqrt_kl_end": curve["sqrt_kl"][-1],
+                     "gold_mean": curve["gold_mean"], "sqrt_kl_mean": curve["sqrt_kl_mean"],
+                     "eval_gold_end": curve["eval_gold_end"],
                      **{f"gold_at_{d}": gold_at(curve, d) for d in D_GRID}, "curve": curve})
     groups = {}
     for r in rows:
@@ -220,16 +248,18 @@ def ppo_table(out, stages):
         for r in runs.values():
             r["equal_sqrt_kl"], r["gold_at_equal_kl"] = d, gold_at(r["curve"], d)
             r["gain_at_equal_kl"] = None if single is None else r["gold_at_equal_kl"] - single
+            r["gain_mean"] = r["gold_mean"] - runs["single"]["gold_mean"] if "single" in runs else None
     return rows
 
 
 def ppo_summary(rows):
     """{'flip/kl0.01/a': mean and sd over seeds of each number, and the verdict}."""
     out = {}
-    for key in sorted({(r["noise"], r["kl_coef"], r["kind"]) for r in rows}, key=lambda k: (k[0] != "flip", -k[1], k[2])):
+    for key in sorted({(r["noise"], r["kl_coef"], r["kind"]) for r in rows}, key=lambda k: (k[0] != "flip", -k[1], list(KIND_NAMES).index(k[2]))):
         rs = sorted((r for r in rows if (r["noise"], r["kl_coef"], r["kind"]) == key), key=lambda r: r["seed"])
         v = {"seeds": [r["seed"] for r in rs]}
-        for field in ("gold_max", "gold_end", "sqrt_kl_end", "gold_at_equal_kl", "gain_at_equal_kl",
+        for field in ("gold_max", "gold_end", "sqrt_kl_end", "gold_mean", "sqrt_kl_mean", "eval_gold_end",
+                      "gold_at_equal_kl", "gain_at_equal_kl", "gain_mean",
                       *[f"gold_at_{d}" for d in D_GRID]):
             v[field] = mean_sd([r[field] for r in rs])
         out["/".join((key[0], f"kl{key[1]}", key[2]))] = v
@@ -312,54 +342,57 @@ def markdown(res):
                 pm(cells[str(n)]) + (f" ({gains[str(n)]['mean']:+.3f})" if gains else "") for n in b["ns"]) + " |")
         out.append("")
     if res["ppo"]:
-        out += ["PPO against each kind (ensembles aggregated by their minimum, WCO; mean ± sd over seeds). Gold at "
-                "equal sqrt(KL): per seed, at the smallest final sqrt(KL) among that seed's five runs; the gain is "
-                "paired by seed against one reward model. 'Moves the frontier': a gain at every seed whose mean "
-                "exceeds the seeds' spread (the sd of one reward model's gold there).", "",
-                "| labels / kl_coef / reward | seeds | gold max | gold at end | sqrt(KL) at end | gold at sqrt(KL) "
-                + " | gold at ".join(str(d) for d in D_GRID) + " | gold at equal sqrt(KL) | gain | moves the frontier |",
-                "|" + "---|" * (9 + len(D_GRID) - 1)]
+        out += ["PPO against each kind (an ensemble's reward is its members' minimum, WCO; mean ± sd over seeds; "
+                "gains paired by seed against one reward model). Gold is the rollouts' (training prompts), the "
+                "held-out gold is train_ppo.py's evaluation at the last iteration. Gold at equal sqrt(KL): per seed, "
+                "at the smallest final sqrt(KL) among that seed's runs. 'Moves the frontier': a gain at equal KL at "
+                "every seed whose mean exceeds the seeds' spread (the sd of one reward model's gold there).", "",
+                "| labels / kl_coef / reward | seeds | gold max | mean gold over the run | gain | sqrt(mean KL) "
+                "| gold at end | sqrt(KL) at end | held-out gold at end | gold at equal sqrt(KL) | gain | moves the frontier |",
+                "|" + "---|" * 12]
         for key, v in res["ppo"].items():
             noise, kl, kind = key.split("/")
+            gain = (lambda x: "" if kind == "single" else pm(x))  # noqa: E731
             out.append(f"| {noise} / {kl[2:]} / {KIND_NAMES[kind]} | {', '.join(map(str, v['seeds']))} | {pm(v['gold_max'])} "
-                       f"| {pm(v['gold_end'])} | {pm(v['sqrt_kl_end'], '.2f')} | "
-                       + " | ".join(pm(v[f'gold_at_{d}']) + (f" ({v[f'gold_at_{d}']['n']})" if v[f'gold_at_{d}'] and
-                                                               v[f'gold_at_{d}']['n'] < len(v['seeds']) else "")
-                                    for d in D_GRID)
-                       + f" | {pm(v['gold_at_equal_kl'])} | {pm(v['gain_at_equal_kl'])} | {'**yes**' if v['moves_frontier'] else 'no'} |")
+                       f"| {pm(v['gold_mean'])} | {gain(v['gain_mean'])} | {pm(v['sqrt_kl_mean'], '.2f')} "
+                       f"| {pm(v['gold_end'])} | {pm(v['sqrt_kl_end'], '.2f')} | {pm(v['eval_gold_end'])} "
+                       f"| {pm(v['gold_at_equal_kl'])} | {gain(v['gain_at_equal_kl'])} "
+                       f"| {'' if kind == 'single' else '**yes**' if v['moves_frontier'] else 'no'} |")
     return "\n".join(out).rstrip()
 
 
 def plot(res, path):
+    """One row per label set: best-of-n gold against n (one model, WARM, each ensemble's min), then PPO's gold
+    against sqrt(KL) at each kl_coef (every seed a line)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     colors = {"single": "black", "a": "tab:blue", "b": "tab:orange", "c": "tab:green", "d": "tab:red"}
-    panels = sorted({(r["noise"], r["kl_coef"]) for r in res["runs"]}, key=lambda k: (k[0] != "flip", -k[1]))
-    n_bon = len(res["bon"])
-    fig, axes = plt.subplots(1, len(panels) + n_bon, figsize=(4.2 * (len(panels) + n_bon), 3.8), squeeze=False)
-    for ax, (noise, b) in zip(axes[0], res["bon"].items()):
-        for key, cells in b["gold"].items():
+    noises = sorted({r["noise"] for r in res["runs"]} | set(res["bon"]), key=lambda n: n != "flip")
+    kls = sorted({r["kl_coef"] for r in res["runs"]}, reverse=True)
+    fig, axes = plt.subplots(len(noises), 1 + len(kls), figsize=(4.3 * (1 + len(kls)), 3.6 * len(noises)), squeeze=False)
+    for row, noise in zip(axes, noises):
+        b = res["bon"].get(noise)
+        for key, cells in (b["gold"].items() if b else []):
             kind, _, agg = key.partition("/")
             if agg in ("", "min"):
-                ax.plot([math.log2(n) for n in b["ns"]], [cells[str(n)]["mean"] for n in b["ns"]], "o-",
-                        color=colors[kind], label=KIND_NAMES[kind] + (" (min)" if agg else ""), ms=3)
-        ax.set_title(f"best-of-n, {noise} labels")
-        ax.set_xlabel("log2 n")
-    for ax, (noise, kl) in zip(axes[0][n_bon:], panels):
-        for r in res["runs"]:
-            if (r["noise"], r["kl_coef"]) == (noise, kl):
-                c = res["curves"][r["name"]]
-                ax.plot(c["sqrt_kl"], c["gold"], color=colors[r["kind"]], alpha=0.7, lw=1,
-                        label=KIND_NAMES[r["kind"]] if r["seed"] == min(res["ppo"][f"{noise}/kl{kl}/{r['kind']}"]["seeds"]) else None)
-        ax.set_title(f"PPO, {noise} labels, kl_coef {kl}")
-        ax.set_xlabel("sqrt(KL to SFT)")
-    for ax in axes[0]:
-        ax.set_ylabel("gold")
-        ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=7)
-    if len(axes[0]) > n_bon:
-        axes[0][n_bon].legend(fontsize=7)
+                row[0].plot([math.log2(n) for n in b["ns"]], [cells[str(n)]["mean"] for n in b["ns"]], "o-", ms=3,
+                            color=colors[kind], label=KIND_NAMES[kind] + (" (min)" if agg else ""))
+        row[0].set(title=f"best-of-n, {noise} labels", xlabel="log2 n")
+        for ax, kl in zip(row[1:], kls):
+            labelled = set()
+            for r in res["runs"]:
+                if (r["noise"], r["kl_coef"]) == (noise, kl):
+                    c = res["curves"][r["name"]]
+                    ax.plot(c["sqrt_kl"], c["gold"], color=colors[r["kind"]], alpha=0.7, lw=1,
+                            label=None if r["kind"] in labelled else KIND_NAMES[r["kind"]])
+                    labelled.add(r["kind"])
+            ax.set(title=f"PPO, {noise} labels, kl_coef {kl}", xlabel="sqrt(KL to SFT)")
+        for ax in row:
+            ax.set_ylabel("gold (held-out prompts)" if ax is row[0] else "gold (rollouts, smoothed)")
+            ax.grid(alpha=0.3)
+            if ax.get_legend_handles_labels()[0]:
+                ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
 
