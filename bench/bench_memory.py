@@ -320,7 +320,9 @@ def main(argv=None):
                "lora": dict(rank=RANK, alpha=2 * RANK, targets="c_attn,c_proj,c_fc"), "gpu_shapes": GPU_SHAPES,
                "cpu_shape": CPU_SHAPE, "gpu": gpu_table(), "cpu": []}
     done = {(r["stage"], r["preset"], r["lora_rank"]): r for r in old.get("cpu", []) if "measured_GB" in r}
-    if args.only and not args.no_measure:  # measurements of the other presets are kept: say which runs made them
+    if args.no_measure and old.get("cpu"):  # the tables again from the stored measurements
+        results["command"] = old["command"]
+    elif args.only:  # measurements of the other presets are kept: say which runs made them
         results["command"] = "; ".join([c for c in old.get("command", "").split("; ") if "--only" in c and
                                         c.split("--only")[1].split()[0] != args.only] + [results["command"]])
     presets = args.only.split(",") if args.only else list(PRESETS)
@@ -332,13 +334,13 @@ def main(argv=None):
                 row = dict(stage=stage, preset=preset, lora_rank=rank, arithmetic_GB=round(gb(e["peak"]), 3),
                            arithmetic_resident_GB=round(gb(resident), 3),
                            arithmetic={k: round(gb(v), 4) for k, v in e.items() if k != "params_trained"})
-                if (stage, preset, rank) in done and preset not in presets:
+                if (stage, preset, rank) in done and (preset not in presets or args.no_measure):
                     row.update({k: done[(stage, preset, rank)][k] for k in ("measured_GB", "measured_resident_GB", "ratio",
                                                                             "step_s")})
-                elif args.no_measure or preset not in presets:
-                    row["skipped"] = "not measured in this run"
                 elif gb(e["peak"]) > args.max_gb:
                     row["skipped"] = f"arithmetic above {args.max_gb} GB: not run on this machine"
+                elif args.no_measure or preset not in presets:
+                    row["skipped"] = "not measured in this run"
                 else:
                     m = run_case(stage, preset, rank)
                     if "error" in m:
