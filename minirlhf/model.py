@@ -271,8 +271,6 @@ class GPT(nn.Module):
     def _from_hf_state(cls, config, state):
         model = GPT(config)
         sd = model.state_dict()
-        # HF GPT-2 uses Conv1D (weight stored as (in, out)): these four are transposed relative to nn.Linear.
-        transposed = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
         state = {k.removeprefix("transformer."): v for k, v in state.items()}
         for key in sd:
             if key == "lm_head.weight":
@@ -281,7 +279,7 @@ class GPT(nn.Module):
             if hf_key not in state:
                 raise KeyError(f"GPT-2 checkpoint has no weight {hf_key!r}")
             w = state[hf_key]
-            w = w.t() if key.endswith(transposed) else w
+            w = w.t() if key.endswith(HF_CONV1D_WEIGHTS) else w
             if w.shape != sd[key].shape:
                 raise ValueError(f"{hf_key}: shape {tuple(w.shape)} but the model expects {tuple(sd[key].shape)}")
             with torch.no_grad():
@@ -300,6 +298,12 @@ class GPT(nn.Module):
 
     def model_args(self):
         return asdict(self.config)
+
+
+# HF GPT-2 uses Conv1D (weight stored as (in, out)): these four are transposed relative to nn.Linear. Every other
+# weight has the same name and shape in both, under "transformer." (lm_head is tied to wte). minirlhf/export.py
+# writes the other direction.
+HF_CONV1D_WEIGHTS = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 
 
 def _right_padded(attention_mask):

@@ -141,12 +141,8 @@ def gpt2_ranks():
         if actual != expected:
             raise ValueError(f"{path}: sha256 {actual} is not GPT-2's {expected}; the file is not GPT-2's {fname}")
 
-    # encoder.json maps token strings to ids. GPT-2 wrote bytes as printable characters: the 188 printable,
-    # non-space bytes stand for themselves, and the other 68 bytes for chr(256), chr(257), ... in byte order.
-    printable = [b for b in range(256) if chr(b).isprintable() and chr(b) != " "]
-    char_to_byte = {chr(b): b for b in printable}
-    for n, b in enumerate(b for b in range(256) if b not in printable):
-        char_to_byte[chr(256 + n)] = b
+    # encoder.json maps token strings to ids, each byte written as one printable character (byte_chars).
+    char_to_byte = {c: b for b, c in enumerate(byte_chars())}
     encoder = json.loads(contents["encoder.json"])
     ranks = {bytes(char_to_byte[c] for c in token): i for token, i in encoder.items() if token != "<|endoftext|>"}
     assert len(ranks) == 50256 and encoder["<|endoftext|>"] == 50256
@@ -155,6 +151,17 @@ def gpt2_ranks():
     n_merges = sum(1 for line in merges if line)
     assert n_merges == len(ranks) - 256, (n_merges, len(ranks))
     return ranks
+
+
+def byte_chars():
+    """GPT-2's byte alphabet, as its encoder.json and merges file write tokens (and Hugging Face's byte-level BPE
+    reads them): entry b is the character for byte b. The 188 printable, non-space bytes stand for themselves,
+    the other 68 for chr(256), chr(257), ... in byte order."""
+    printable = [b for b in range(256) if chr(b).isprintable() and chr(b) != " "]
+    chars = {b: chr(b) for b in printable}
+    for n, b in enumerate(b for b in range(256) if b not in printable):
+        chars[b] = chr(256 + n)
+    return [chars[b] for b in range(256)]
 
 
 # ----------------------------------------------------------------------------- small encodings (the lab)
