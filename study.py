@@ -212,3 +212,4 @@ def main(argv=None):
 
 if __name__ == "__main__":
     main()
+    os.environ.setdefault("OMP_NUM_THREADS", "1")  # lanes side by side: one thread per stage (set_cpu_threads)

@@ -12,6 +12,10 @@ steps, labelling appends line by line), so a killed pipeline, rerun, goes back i
 A stage started or finished with another command (other flags, same output folder) is an error, not a
 silent rerun over the old outputs: nothing on disk is lost. Each command runs in its own process group: when
 the pipeline is stopped (Ctrl-C, SIGTERM), the running stage is stopped with it, not left behind.
+
+Each command runs with OMP_WAIT_POLICY=PASSIVE unless the environment says otherwise: torch's threads then
+sleep, rather than spin, while they wait for each other. It changes no number, only speed: beside a busy
+core a spinning thread takes CPU time from the thread it waits for (see training.set_cpu_threads).
 """
 
 import json
@@ -87,7 +91,8 @@ def run_command(cmd, cwd=None):
     are killed outright, the kernel stops the command (_die_with_parent)."""
     parent = os.getpid()
     preexec = (lambda: _die_with_parent(parent)) if sys.platform.startswith("linux") else None
-    proc = subprocess.Popen(cmd, cwd=cwd, start_new_session=True, preexec_fn=preexec)
+    env = {**os.environ, "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env, start_new_session=True, preexec_fn=preexec)
     previous = signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     try:
         code = proc.wait()

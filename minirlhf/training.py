@@ -130,29 +130,34 @@ def step_generator(seed, step, rank=0, device="cpu", stream=0):
 
 
 def set_cpu_threads(num_params, requested=0):
-    """Choose torch's CPU thread count from the work and the cores that are free; returns it.
+    """Choose torch's CPU thread count from the model's size and the machine's cores; returns it.
 
-    A small model's matmuls are small: a second thread gains it little (on 2 quiet cores, 12.2 s against 8.1 s for
-    100 steps of the lab's 1M-parameter model), and when another process holds a core, threads that wait on each
-    other stall (beside one busy process, 11.9 s against 26.1 s; the quick-start test 33 s against 360 s). One
-    thread also makes a run's digits independent of the machine's load. So models under SMALL_MODEL use 1 thread;
-    bigger ones use the cores not already busy (1-minute load average). `requested` > 0 (the --threads flag)
-    or OMP_NUM_THREADS in the environment overrides the choice. On GPU the count only affects host work.
+    The count is fixed by the machine, never by how busy it is: the thread count changes how a matmul splits its
+    sums, so a count read from the load average would make a run's digits depend on what else was running.
+    Models under SMALL_MODEL (the lab's) use at most SMALL_MODEL_THREADS: their matmuls are small, so more
+    threads mostly add waiting. Bigger ones use every core this process may run on.
+
+    The trade-off: when another process holds a core, threads that wait on each other wait for the slowest
+    one, so a multi-threaded run slows more than a one-thread run would. Two things soften it: waiting threads
+    that sleep instead of spinning (OMP_WAIT_POLICY=PASSIVE, which minirlhf.stages sets for the pipelines'
+    stages), and, where the work splits into independent parts (a study's lanes), one-thread processes side by
+    side instead of threads (set OMP_NUM_THREADS=1 for them). `requested` > 0 (the --threads flag) or
+    OMP_NUM_THREADS in the environment overrides the choice. On GPU the count only affects host work.
+    The quick start measured both ways, quiet and beside a busy core: bench/results/lab_quickstart_cpu.json.
     """
     if requested > 0:
         n = requested
     elif os.environ.get("OMP_NUM_THREADS"):
         return torch.get_num_threads()
-    elif num_params < SMALL_MODEL:
-        n = 1
     else:
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        n = max(1, min(cores, round(cores - os.getloadavg()[0])))
+        n = min(cores, SMALL_MODEL_THREADS) if num_params < SMALL_MODEL else cores
     torch.set_num_threads(n)
     return n
 
 
 SMALL_MODEL = 20_000_000  # parameters; the lab's models (1M) are far below, GPT-2 124M far above
+SMALL_MODEL_THREADS = 2  # the lab's models gain from a second thread (more are unmeasured: 2-core machines)
 
 
 def cosine_lr(step, max_steps, lr, warmup):

@@ -8,7 +8,11 @@ GPU tests run instead.
 
 import os
 
-import torch
+# Before torch loads OpenMP: waiting threads sleep rather than spin, so a test (or the subprocess it starts)
+# does not stall when another process holds a core (see minirlhf/stages.py). It changes no number.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import torch  # noqa: E402
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")

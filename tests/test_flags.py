@@ -98,19 +98,19 @@ def test_quickstart_flag_out_of_range_is_refused_by_name(argv, flag, capsys, mon
     assert flag in capsys.readouterr().err and not (tmp_path / "qs").exists()
 
 
-def test_cpu_threads_chosen_from_the_work_and_the_free_cores(monkeypatch):
+def test_cpu_threads_chosen_from_the_work_and_the_cores_never_the_load(monkeypatch):
     before = torch.get_num_threads()
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
     try:
         monkeypatch.setattr(os, "getloadavg", lambda: (0.1, 0.0, 0.0))
-        assert set_cpu_threads(1_000_000) == 1 == torch.get_num_threads()  # a lab model: one thread
-        assert set_cpu_threads(124_000_000) == 8  # a big model on a quiet machine: every core
-        monkeypatch.setattr(os, "getloadavg", lambda: (5.4, 0.0, 0.0))
-        assert set_cpu_threads(124_000_000) == 3  # ... on 8 cores of which about 5 are busy
-        monkeypatch.setattr(os, "getloadavg", lambda: (30.0, 0.0, 0.0))
-        assert set_cpu_threads(124_000_000) == 1  # never fewer than one
-        assert set_cpu_threads(1_000_000, requested=2) == 2 == torch.get_num_threads()  # --threads wins
+        assert set_cpu_threads(1_000_000) == 2 == torch.get_num_threads()  # a lab model: two threads
+        assert set_cpu_threads(124_000_000) == 8  # a big model: every core
+        monkeypatch.setattr(os, "getloadavg", lambda: (5.4, 0.0, 0.0))  # a busy machine changes nothing
+        assert (set_cpu_threads(1_000_000), set_cpu_threads(124_000_000)) == (2, 8)
+        monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0}, raising=False)
+        assert (set_cpu_threads(1_000_000), set_cpu_threads(124_000_000)) == (1, 1)  # one core: one thread
+        assert set_cpu_threads(1_000_000, requested=3) == 3 == torch.get_num_threads()  # --threads wins
         monkeypatch.setenv("OMP_NUM_THREADS", "1")
         torch.set_num_threads(1)
         assert set_cpu_threads(124_000_000) == 1  # so does OMP_NUM_THREADS
