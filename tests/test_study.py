@@ -1,6 +1,8 @@
 """study.py end to end, shrunk to seconds: the `tiny` preset (tiny model, a few steps per stage, one reward
-model) runs every kind of stage (lab data, SFT, sampling, gold and simulated labels, RM, best-of-n, PPO, DPO,
-evaluation) in two lanes, writes study.json, report.md and both figures, and a rerun skips every stage.
+model) runs every kind of stage (lab data, SFT, sampling, gold and simulated labels, RM, best-of-n, PPO in kept
+segments, held-out judging of the kept policies, DPO, evaluation) in two lanes, writes study.json, report.md and
+both figures, and a rerun skips every stage. The long PPO run's per-rollout gold scores (rollout_gold.jsonl)
+average to its log's lab/gold; bad --seeds / --parts are refused by name.
 
     python -m pytest tests/test_study.py -q
 """
@@ -25,14 +27,24 @@ def test_tiny_study_end_to_end_and_rerun(tmp_path):
     study(out)
     result = json.loads((out / "study.json").read_text())
     markers = os.listdir(out / "stages")
-    assert len(markers) == 13 and all(json.loads((out / "stages" / m).read_text())["state"] == "done" for m in markers)
+    assert len(markers) == 14 and all(json.loads((out / "stages" / m).read_text())["state"] == "done" for m in markers)
 
     bon = result["overopt"]["clean"]["bon"]
     assert [r["n"] for r in bon["curve"]] == [1, 2, 4]
     assert bon["curve"][0]["kl_measured"] == 0.0 and bon["curve"][0]["gold"] == result["overopt"]["clean"]["sft_gold"]
     assert all(0 <= r["kl_measured"] <= r["kl_analytic"] + 1e-9 for r in bon["curve"])  # ties only lower the KL
     assert {"alpha", "beta", "r2", "kl_peak"} <= set(bon["fit"])
-    assert list(result["overopt"]["clean"]["ppo"]) == ["0"]  # the long PPO run, beta 0, read from its log
+    ppo = result["overopt"]["clean"]["ppo"]["0"]  # the long PPO run, beta 0: its kept policies, judged held-out
+    assert ppo["source"] == "held-out" and [p["iter"] for p in ppo["points"]] == [0, 1, 2]
+    assert ppo["points"][0]["kl"] == 0.0 and ppo["start_gold"] == ppo["points"][0]["gold"]
+    assert list(result["overopt_seeds"]["clean"]) == ["0"] and "best-of-n" in result["overopt_summary"]["clean"]
+    run = out / "ppo" / "clean_s0_kl0_long"
+    assert sorted(os.listdir(run)) == ["ckpt.pt", "ckpt_it1.pt", "ckpt_it2.pt", "log.jsonl", "rollout_gold.jsonl"]
+    golds = [json.loads(line) for line in (run / "rollout_gold.jsonl").read_text().splitlines()]
+    logged = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    assert [g["step"] for g in golds] == [r["step"] for r in logged] == [1, 2]
+    for g, r in zip(golds, logged):
+        assert len(g["gold"]) == 8 and abs(sum(g["gold"]) / 8 - r["lab/gold"]) < 1e-9
 
     (baseline,) = result["levers"]
     assert baseline["lever"] == "baseline" and 0 <= baseline["rm_accuracy"] <= 1 and baseline["kl"] is not None
@@ -43,4 +55,11 @@ def test_tiny_study_end_to_end_and_rerun(tmp_path):
     assert (out / "overopt.png").stat().st_size > 1000 and (out / "levers.png").stat().st_size > 1000
 
     again = study(out)
-    assert again.count("(done earlier: skipped)") == 13
+    assert again.count("(done earlier: skipped)") == 14
+
+
+def test_bad_seeds_and_parts_are_refused_by_name(tmp_path):
+    for flags, name in ((["--seeds", "0,x"], "--seeds"), (["--parts", "overopt,levers,nope"], "--parts")):
+        cmd = [sys.executable, "study.py", "--preset", "tiny", "--out_dir", str(tmp_path), *flags]
+        done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=60)
+        assert done.returncode == 2 and name in done.stderr, done.stderr

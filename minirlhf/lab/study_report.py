@@ -2,15 +2,18 @@
 
     write_report(out_dir, preset, P, LEVERS, LEFT_OUT) -> [study.json, report.md, overopt.png, levers.png]
 
-Over-optimisation. R is the gold gained over the SFT policy: gold minus the SFT's gold at the same temperature
-(best-of-1 on the held-out prompts, from its N samples per prompt: the most precise estimate we have). Best-of-n
-points are at d = sqrt(analytic KL) (as in Gao et al.), the measured-KL fit beside it. A PPO log holds one
-line per iteration with the KL and gold of that iteration's own rollouts (training prompts, one batch: noisy),
-so iterations are averaged in bins of `BIN` before fitting R_RL; each run is fitted alone, and all kl_coefs of
-one reward model together (Gao et al.: the KL penalty does not move the gold-vs-KL frontier). The PPO fits take
-the same start (the SFT's held-out gold); a second fit also fits the start r0 (overopt.fit(intercept=True)), as
-the rollouts are on training prompts, on which the SFT model was trained, and its gold there is known only from
-the first iteration's single batch.
+Over-optimisation, per seed (each seed its own labels, reward model, best-of-n samples and PPO runs; one SFT
+model). R is the gold gained over the SFT policy. Best-of-n: on the held-out prompts, from N SFT samples per
+prompt, R = gold minus best-of-1's, at d = sqrt(analytic KL) (as in Gao et al.), the measured-KL fit beside it.
+PPO: every few iterations the policy was kept (study.py snapshots) and judged on the held-out prompts, k samples
+each (tax.py: gold, KL to SFT, proxy), beside the SFT model judged the same way (iteration 0, the paired start):
+R = gold minus iteration 0's, at d = sqrt(held-out KL). A run without kept policies (an older study) falls back to
+its log: one line per iteration with the KL and gold of that iteration's own rollouts (training prompts, one
+batch: noisy), averaged in bins of `BIN` iterations, with the SFT's best-of-1 gold as the start, and a second
+fit that also fits the start r0 (overopt.fit(intercept=True)). Each run is fitted alone, and all kl_coefs of one
+reward model together (Gao et al.: the KL penalty does not move the gold-vs-KL frontier). Over seeds: every
+fitted and measured number as mean ± sd (study.json: overopt_seeds, overopt_summary); the first seed's entry is
+also study.json's overopt (the single-seed report's tables).
 """
 
 import json
@@ -50,43 +53,104 @@ def _safe_fit(form, ds, rs, intercept=False):
         return {"error": str(e)}
 
 
+def _heldout_points(path):
+    """Kept policies judged on held-out prompts (tax.py JSON {itN: metrics}) -> points by iteration, it0 = SFT."""
+    ev = _load(path)
+    pts = [{"iter": int(name[2:]), "kl": max(m["kl"], 0.0), "gold": m["gold"], "proxy": m.get("rm_score")}
+           for name, m in ev.items() if name.startswith("it")]
+    return sorted(pts, key=lambda p: p["iter"])
+
+
+def overopt_entry(out, P, rm, seed):
+    """Best-of-n and the long PPO runs of one reward model and seed: curves, Gao fits, measured peaks."""
+    bon_path = f"{out}/bon/{rm}_s{seed}.json"
+    if not os.path.exists(bon_path):
+        return None
+    curve = _load(bon_path)["curve"]
+    g0 = curve[0]["gold"] if curve[0]["n"] == 1 else float("nan")
+    ds = [math.sqrt(r["kl_analytic"]) for r in curve]
+    dm = [math.sqrt(max(r["kl_measured"], 0)) for r in curve]
+    gains = [r["gold"] - g0 for r in curve]
+    kl_best, g_best = measured_peak([r["kl_analytic"] for r in curve], [r["gold"] for r in curve])
+    entry = {"seed": seed, "sft_gold": g0, "bon": {"curve": curve, "fit": _safe_fit("bon", ds, gains),
+                                                   "fit_measured_kl": _safe_fit("bon", dm, gains),
+                                                   "measured_peak": {"kl": kl_best, "gold": g_best,
+                                                                     "n": curve[[r["gold"] for r in curve].index(g_best)]["n"]}},
+             "ppo": {}}
+    pooled_d, pooled_r = [], []
+    for r2, kl_coef in P["oo_runs"]:
+        name = f"{rm}_s{seed}_kl{kl_coef:g}_long"
+        held_out, log = f"{out}/eval/oo_{name}.json", f"{out}/ppo/{name}/log.jsonl"
+        kept = os.path.exists(f"{out}/ppo/{name}/ckpt_it{P.get('oo_every', 0)}.pt")  # run in segments (study.py)
+        if r2 != rm or not (os.path.exists(held_out) or (os.path.exists(log) and not kept)):
+            continue  # not run, or its kept policies not judged yet
+        if os.path.exists(held_out):
+            pts, source = _heldout_points(held_out), "held-out"
+            start = pts[0]["gold"] if pts and pts[0]["iter"] == 0 else g0
+        else:
+            pts, source, start = _ppo_points(log), "training rollouts", g0
+        d = [math.sqrt(max(p["kl"], 0)) for p in pts]
+        r = [p["gold"] for p in pts]
+        keep = [i for i, x in enumerate(d) if x > 0]
+        pooled_d += [d[i] for i in keep]
+        pooled_r += [r[i] - start for i in keep]
+        kl_best, g_best = measured_peak([p["kl"] for p in pts], [p["gold"] for p in pts])
+        fitted = _safe_fit("rl", [d[i] for i in keep], [r[i] - start for i in keep])
+        if "alpha" in fitted:
+            fitted["start"] = start
+        entry["ppo"][f"{kl_coef:g}"] = {"points": pts, "source": source, "start_gold": start, "fit": fitted,
+                                        "fit_free_start": _safe_fit("rl", [d[i] for i in keep], [r[i] for i in keep], True),
+                                        "measured_peak": {"kl": kl_best, "gold": g_best},
+                                        "gold_falls": pts[-1]["gold"] < g_best - 0.05 if pts else None,
+                                        "final": pts[-1] if pts else None}
+    if len(pooled_d) >= 2:
+        entry["ppo_pooled_fit"] = _safe_fit("rl", pooled_d, pooled_r)
+        if "alpha" in entry["ppo_pooled_fit"]:  # the runs of one seed share their start (the SFT, judged alike)
+            entry["ppo_pooled_fit"]["start"] = start
+    return entry
+
+
 def overoptimisation(out, P):
+    """{rm: {seed: entry}} over the preset's seeds (overopt_entry)."""
     res = {}
     for rm in ("clean", "flip25"):
-        bon_path = f"{out}/bon/{rm}_s0.json"
-        if not os.path.exists(bon_path):
-            continue
-        curve = _load(bon_path)["curve"]
-        g0 = curve[0]["gold"] if curve[0]["n"] == 1 else float("nan")
-        ds = [math.sqrt(r["kl_analytic"]) for r in curve]
-        dm = [math.sqrt(max(r["kl_measured"], 0)) for r in curve]
-        gains = [r["gold"] - g0 for r in curve]
-        d_best, g_best = measured_peak([r["kl_analytic"] for r in curve], [r["gold"] for r in curve])
-        entry = {"sft_gold": g0, "bon": {"curve": curve, "fit": _safe_fit("bon", ds, gains),
-                                         "fit_measured_kl": _safe_fit("bon", dm, gains),
-                                         "measured_peak": {"kl": d_best, "gold": g_best}}, "ppo": {}}
-        pooled_d, pooled_r = [], []
-        for r2, kl_coef in P["oo_runs"]:
-            if r2 != rm:
-                continue
-            log = f"{out}/ppo/{rm}_s0_kl{kl_coef:g}_long/log.jsonl"
-            if not os.path.exists(log):
-                continue
-            pts = _ppo_points(log)
-            d = [math.sqrt(max(p["kl"], 0)) for p in pts]
-            r = [p["gold"] for p in pts]
-            keep = [i for i, x in enumerate(d) if x > 0]
-            pooled_d += [d[i] for i in keep]
-            pooled_r += [r[i] for i in keep]
-            kl_best, g_best = measured_peak([p["kl"] for p in pts], [p["gold"] for p in pts])
-            entry["ppo"][f"{kl_coef:g}"] = {"points": pts, "fit": _safe_fit("rl", [d[i] for i in keep], [r[i] - g0 for i in keep]),
-                                            "fit_free_start": _safe_fit("rl", [d[i] for i in keep], [r[i] for i in keep], True),
-                                            "measured_peak": {"kl": kl_best, "gold": g_best},
-                                            "final": pts[-1] if pts else None}
-        if len(pooled_d) >= 2:
-            entry["ppo_pooled_fit"] = _safe_fit("rl", pooled_d, [x - g0 for x in pooled_r])
-        res[rm] = entry
+        per_seed = {str(s): e for s in P["seeds"] if (e := overopt_entry(out, P, rm, s)) is not None}
+        if per_seed:
+            res[rm] = per_seed
     return res
+
+
+FIT_KEYS = ("alpha", "beta", "r2", "kl_peak")
+
+
+def overopt_summary(by_seed):
+    """Mean ± sd over seeds of each fit's coefficients, R^2 and peak, and of the measured best and last gold."""
+    out = {}
+    for rm, seeds in by_seed.items():
+        entries = list(seeds.values())
+        rows = {"best-of-n": [e["bon"]["fit"] for e in entries]}
+        summary = {"seeds": [e["seed"] for e in entries]}
+        for kl in entries[0]["ppo"]:
+            rows[f"PPO beta {kl}"] = [e["ppo"][kl]["fit"] for e in entries if kl in e["ppo"]]
+        for name, fits in rows.items():
+            fits = [f for f in fits if "alpha" in f]
+            summary[name] = {k: _spread([f[k] for f in fits if math.isfinite(f[k])]) for k in FIT_KEYS}
+            summary[name]["n_fits"] = len(fits)
+        summary["best-of-n"]["measured_best_gold"] = _spread([e["bon"]["measured_peak"]["gold"] for e in entries])
+        for kl in entries[0]["ppo"]:
+            runs = [e["ppo"][kl] for e in entries if kl in e["ppo"]]
+            summary[f"PPO beta {kl}"].update(
+                measured_best_gold=_spread([r["measured_peak"]["gold"] for r in runs]),
+                final_gold=_spread([r["final"]["gold"] for r in runs]),
+                final_kl=_spread([r["final"]["kl"] for r in runs]),
+                gold_falls=sum(bool(r["gold_falls"]) for r in runs))
+        out[rm] = summary
+    return out
+
+
+def _spread(xs):
+    mean, sd = _stats(xs)
+    return {"mean": mean, "sd": sd, "n": len(xs)}
 
 
 def _stats(xs):
@@ -168,7 +232,7 @@ def markdown(study, LEFT_OUT):
         def row(name, f, mp):
             if "error" in f:
                 return f"| {rm} | {name} | {f['error']} | | | | | |"
-            start = f"{f['r0']:.3f} (fitted)" if f["r0"] else f"{e['sft_gold']:.3f} (SFT)"
+            start = f"{f['r0']:.3f} (fitted)" if f["r0"] else f"{f.get('start', e['sft_gold']):.3f} (SFT)"
             return (f"| {rm} | {name} | {f['alpha']:.3f} | {f['beta']:.3f} | {start} | {f['r2']:.3f} | "
                     f"{_fmt(f['kl_peak'], 2)} | "
                     + (f"{mp['kl']:.2f}, {mp['gold']:.3f} |" if mp else "|"))
@@ -195,8 +259,18 @@ def markdown(study, LEFT_OUT):
             peak = max(pts, key=lambda p: p["gold"])
             lines.append(f"| {rm} | {kl} | {pts[-1]['iter']} | {pts[0]['kl']:.2f} -> {pts[-1]['kl']:.2f} | "
                          f"{pts[0]['gold']:.3f} -> {peak['gold']:.3f} (KL {peak['kl']:.2f}) -> {pts[-1]['gold']:.3f} | "
-                         f"{pts[0]['proxy']:.2f} -> {pts[-1]['proxy']:.2f} |")
-    lines += ["", "## The four levers", "",
+                         f"{_fmt(pts[0]['proxy'], 2)} -> {_fmt(pts[-1]['proxy'], 2)} |")
+    lines += seeds_markdown(study)
+    if study["levers"]:
+        lines += levers_markdown(study, LEFT_OUT)
+    if study["tax"]:
+        lines += tax_markdown(study)
+    lines += ["", "Stage wall times (s): " + ", ".join(f"{k} {v}" for k, v in study["stage_seconds"].items())]
+    return "\n".join(lines) + "\n"
+
+
+def levers_markdown(study, LEFT_OUT):
+    lines = ["", "## The four levers", "",
               f"Mean ± std over seeds {study['seeds']}; gold of the final PPO policy on held-out prompts; "
               f"affected family: {LEFT_OUT}; RM accuracy against gold labels on held-out SFT pairs.", "",
               "| lever | setting | RM acc. vs gold | gold | gold: affected | KL to SFT | filler | moved gold as the textbook says? |",
@@ -205,42 +279,98 @@ def markdown(study, LEFT_OUT):
         pm = lambda k: f"{_fmt(r[k])} ± {_fmt(r[k + '_std'])}" if r[k] is not None else "-"  # noqa: E731
         lines.append(f"| {r['lever']} | {r['setting']} | {pm('rm_accuracy')} | {pm('gold')} | {pm('gold_affected')} | "
                      f"{pm('kl')} | {pm('filler')} | {r.get('verdict', 'baseline')} |")
-    lines += ["", "## The alignment tax", "", "| metric | " + " | ".join(study["tax"]) + " |",
-              "|---|" + "---|" * len(study["tax"])]
+    return lines
+
+
+def tax_markdown(study):
+    lines = ["", "## The alignment tax", "", "| metric | " + " | ".join(study["tax"]) + " |",
+             "|---|" + "---|" * len(study["tax"])]
     fams = sorted({k for m in study["tax"].values() for k in m if k.startswith("gold/")})
     for key, label in TAX_KEYS + [(f, f) for f in fams]:
         lines.append(f"| {label} | " + " | ".join(_fmt(m.get(key)) for m in study["tax"].values()) + " |")
-    lines += ["", "Stage wall times (s): " + ", ".join(f"{k} {v}" for k, v in study["stage_seconds"].items())]
-    return "\n".join(lines) + "\n"
+    return lines
+
+
+def seeds_markdown(study):
+    """Per-seed Gao fits and their mean ± sd (only in a study run with kept policies or several seeds)."""
+    by_seed, summary = study.get("overopt_seeds"), study.get("overopt_summary")
+    if not by_seed:
+        return []
+    lines = ["", "### Every seed", "",
+             "PPO's points: the kept policies judged on the held-out prompts (R over the SFT judged the same way); "
+             "best-of-n: held-out, analytic KL. Gold falls: the last point lies more than 0.05 below the best.", "",
+             "| seed | proxy RM | policy | alpha | beta | R^2 | fitted gold-peak KL (nats) | measured best gold | last point: KL, gold |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for rm, seeds in by_seed.items():
+        for s, e in seeds.items():
+            runs = [("best-of-n", e["bon"]["fit"], e["bon"]["measured_peak"]["gold"], None)]
+            runs += [(f"PPO beta {kl}" + (", gold falls" if r.get("gold_falls") else ""), r["fit"],
+                      r["measured_peak"]["gold"], r["final"]) for kl, r in e["ppo"].items()]
+            for name, f, best, last in runs:
+                fit = (f"{f['alpha']:.3f} | {f['beta']:.3f} | {f['r2']:.3f} | {_fmt(f['kl_peak'], 2)}" if "alpha" in f
+                       else f"{f.get('error', '-')} | | |")
+                tail = f"{last['kl']:.2f}, {last['gold']:.3f}" if last else ""
+                lines.append(f"| {s} | {rm} | {name} | {fit} | {best:.3f} | {tail} |")
+    lines += ["", "Over seeds (mean ± sd):", "",
+              "| proxy RM | policy | seeds fitted | alpha | beta | R^2 | fitted gold-peak KL (nats; finite ones) | measured best gold "
+              "| last gold | gold falls in |", "|---|---|---|---|---|---|---|---|---|---|"]
+    pm = lambda x, nd=3: "-" if not x or x["mean"] is None else f"{_fmt(x['mean'], nd)} ± {_fmt(x['sd'], nd)}"  # noqa: E731
+    for rm, sm in summary.items():
+        for name, v in sm.items():
+            if name == "seeds":
+                continue
+            falls = f"{v['gold_falls']}/{len(sm['seeds'])}" if "gold_falls" in v else ""
+            lines.append(f"| {rm} | {name} | {v['n_fits']}/{len(sm['seeds'])} | {pm(v['alpha'])} | {pm(v['beta'])} "
+                         f"| {pm(v['r2'])} | {pm(v['kl_peak'], 2)} | {pm(v.get('measured_best_gold'))} "
+                         f"| {pm(v.get('final_gold'))} | {falls} |")
+    return lines
+
+
+def _band(ax, xs_by_seed, ys_by_seed, colour, label):
+    """Mean over seeds (a line) with a band of ± one sd (when there are several seeds), point by point."""
+    import statistics as st
+    n = min(len(x) for x in xs_by_seed)
+    xs = [st.fmean(x[i] for x in xs_by_seed) for i in range(n)]
+    ys = [st.fmean(y[i] for y in ys_by_seed) for i in range(n)]
+    ax.plot(xs, ys, "-o", color=colour, ms=3, lw=1.2, label=label)
+    if len(ys_by_seed) > 1:
+        sd = [st.stdev(y[i] for y in ys_by_seed) for i in range(n)]
+        ax.fill_between(xs, [y - e for y, e in zip(ys, sd)], [y + e for y, e in zip(ys, sd)], color=colour, alpha=0.2)
 
 
 def figures(out, study):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    oo = study["overopt"]
+    oo = study.get("overopt_seeds") or {rm: {"0": e} for rm, e in study["overopt"].items()}
     fig, axes = plt.subplots(2, max(1, len(oo)), figsize=(5.5 * max(1, len(oo)), 7), squeeze=False)
-    for j, (rm, e) in enumerate(oo.items()):
+    for j, (rm, seeds) in enumerate(oo.items()):
         ax_g, ax_p = axes[0][j], axes[1][j]
-        curve = e["bon"]["curve"]
-        ds = [math.sqrt(r["kl_analytic"]) for r in curve]
-        ax_g.plot(ds, [r["gold"] - e["sft_gold"] for r in curve], "ko", label="best-of-n gold")
-        ax_p.plot(ds, [r["proxy"] - curve[0]["proxy"] for r in curve], "ko--", label="best-of-n proxy")
-        f = e["bon"]["fit"]
-        if "alpha" in f:
-            grid = [max(ds) * i / 100 for i in range(101)]
-            ax_g.plot(grid, [predict("bon", f["alpha"], f["beta"], d) for d in grid], "k-", lw=1,
-                      label=f"fit d(a - b d), R²={f['r2']:.2f}")
-        for i, (kl, r) in enumerate(e["ppo"].items()):
-            pts, c = r["points"], f"C{i}"
-            d = [math.sqrt(max(p["kl"], 0)) for p in pts]
-            ax_g.plot(d, [p["gold"] - e["sft_gold"] for p in pts], ".", color=c, alpha=0.7, label=f"PPO beta {kl} gold")
-            ax_p.plot(d, [p["proxy"] - pts[0]["proxy"] for p in pts], ".", color=c, alpha=0.7, label=f"PPO beta {kl} proxy")
-            if "alpha" in r["fit"] and d:
-                grid = [max(d) * (k + 1) / 100 for k in range(100)]
-                ax_g.plot(grid, [predict("rl", r["fit"]["alpha"], r["fit"]["beta"], x) for x in grid], "-", color=c, lw=1,
-                          label=f"fit d(a - b log d), R²={r['fit']['r2']:.2f}")
-        ax_g.set_title(f"proxy RM: {rm} labels")
+        entries = list(seeds.values())
+        tag = f"{len(entries)} seed{'s' if len(entries) > 1 else ''}" + (", mean ± sd" if len(entries) > 1 else "")
+        curves = [e["bon"]["curve"] for e in entries]
+        ds = [[math.sqrt(r["kl_analytic"]) for r in c] for c in curves]
+        _band(ax_g, ds, [[r["gold"] - e["sft_gold"] for r in c] for c, e in zip(curves, entries)], "k", "best-of-n gold")
+        _band(ax_p, ds, [[r["proxy"] - c[0]["proxy"] for r in c] for c in curves], "k", "best-of-n proxy")
+        grid = [max(ds[0]) * i / 100 for i in range(101)]
+        for e in entries:
+            f = e["bon"]["fit"]
+            if "alpha" in f:
+                ax_g.plot(grid, [predict("bon", f["alpha"], f["beta"], d) for d in grid], "k-", lw=0.6, alpha=0.5)
+        for i, kl in enumerate(entries[0]["ppo"]):
+            runs, c = [e["ppo"][kl] for e in entries if kl in e["ppo"]], f"C{i}"
+            d = [[math.sqrt(max(p["kl"], 0)) for p in r["points"]] for r in runs]
+            _band(ax_g, d, [[p["gold"] - r["start_gold"] for p in r["points"]] for r in runs], c,
+                  f"PPO beta {kl} gold ({runs[0]['source']})")
+            if all(p.get("proxy") is not None for r in runs for p in r["points"]):
+                _band(ax_p, d, [[p["proxy"] - r["points"][0]["proxy"] for p in r["points"]] for r in runs], c,
+                      f"PPO beta {kl} proxy")
+            for r, dd in zip(runs, d):
+                f = r["fit"]
+                if "alpha" in f and max(dd) > 0:
+                    g = [max(dd) * (k + 1) / 100 for k in range(100)]
+                    ax_g.plot(g, [predict("rl", f["alpha"], f["beta"], x) for x in g], "--", color=c, lw=0.6, alpha=0.6)
+        ax_g.set_title(f"proxy RM: {rm} labels ({tag}); thin: each seed's Gao fit", fontsize=9)
         ax_g.set_ylabel("gold gained over SFT")
         ax_p.set_ylabel("proxy (RM score) gained")
         for ax in (ax_g, ax_p):
@@ -252,6 +382,8 @@ def figures(out, study):
     fig.savefig(p1, dpi=90)
     plt.close(fig)
 
+    if not study["levers"]:  # --parts without the levers
+        return [p1]
     rows = [r for r in study["levers"][1:] if r.get("delta") is not None]
     fig, ax = plt.subplots(figsize=(7, 3.5))
     ax.barh([r["setting"] for r in rows], [r["delta"] for r in rows],
@@ -273,8 +405,11 @@ def write_report(out, preset, P, LEVERS, LEFT_OUT, wall_s=None):
     for name in sorted(os.listdir(stages)) if os.path.isdir(stages) else []:
         m = _load(os.path.join(stages, name))
         stage_seconds[m["name"]] = m.get("seconds")
+    by_seed = overoptimisation(out, P)
+    first = {rm: seeds[min(seeds, key=int)] for rm, seeds in by_seed.items()}
     study = {"preset": preset, "seeds": P["seeds"], "settings": P, "wall_s": wall_s, "stage_seconds": stage_seconds,
-             "overopt": overoptimisation(out, P), "levers": levers(out, P, LEVERS, LEFT_OUT), "tax": tax(out, P)}
+             "overopt": first, "overopt_seeds": by_seed, "overopt_summary": overopt_summary(by_seed),
+             "levers": levers(out, P, LEVERS, LEFT_OUT) if LEVERS else [], "tax": tax(out, P)}
     paths = [os.path.join(out, "study.json"), os.path.join(out, "report.md")]
     with open(paths[0], "w") as f:
         json.dump(study, f, indent=1, default=lambda x: None)
