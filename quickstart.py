@@ -3,8 +3,8 @@
     python quickstart.py              # lab data -> SFT -> labelled SFT samples -> RM -> PPO -> labelled PPO samples
                                       #   -> RM (continued) -> PPO (continued) -> report
     python quickstart.py --bias 1.0   # biased annotators who like filler: watch the proxy rise, gold fall
-    python quickstart.py --rounds 1 --rm_steps 400 --ppo_iters 40   # one round: the textbook pipeline
-    python quickstart.py --out_dir out/qs2 --sft_steps 600 --rounds 3   # longer
+    python quickstart.py --rounds 1 --rm_steps 225 --ppo_iters 40   # one round: the textbook pipeline
+    python quickstart.py --out_dir out/qs2 --sft_steps 2000 --rounds 3   # longer
 
 Each stage is one of the project's own commands, printed before it runs, so this file is also the recipe:
 copy a line to rerun or change one stage. Outputs land in out_dir (default out/quickstart):
@@ -16,6 +16,10 @@ resumes the unfinished one from its last checkpoint (delete out_dir to start ove
 Two rounds of iterated RLHF, not one: the first round's PPO policy finds responses its reward model
 overrates (on this lab, mostly wrong sums), and labelling the policy's own samples puts such responses
 in front of the annotators. The README shows one round against two.
+
+Every stage runs torch on a thread count fixed by the machine (training.set_cpu_threads: two for the lab's
+small models), never one read from how busy it is, so a rerun on the same machine gives the same report.
+`python bench/bench_lab.py` measures the quick start's wall time, on a quiet machine and beside a busy core.
 """
 
 import argparse
@@ -35,20 +39,24 @@ def main():
     p.add_argument("--out_dir", default="out/quickstart")
     p.add_argument("--seed", type=number(int, ge=0), default=0)
     p.add_argument("--model", default="small", choices=["tiny", "small", "gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl"],
-                   help="model preset for SFT from scratch (tiny, small)")
+                   help="GPTConfig preset of the model SFT trains from scratch: tiny, small (the default), or a GPT-2 "
+                        "size (gpt2 ... gpt2-xl: GPT-2's shape, randomly initialised, far slower on a CPU)")
     p.add_argument("--sft_steps", type=number(int, ge=1), default=1000)
     p.add_argument("--sft_lr", type=number(float, gt=0), default=2e-3)
     p.add_argument("--samples_per_prompt", type=number(int, ge=2), default=4, help="SFT samples per prompt to pair up for labelling")
     p.add_argument("--label_prompts", type=number(int, ge=1), default=1200, help="prompts whose samples are labelled")
-    p.add_argument("--temperature", type=number(float, ge=0), default=0.1, help="annotator noise (0 = always agree with gold)")
+    p.add_argument("--annotator_temperature", type=number(float, ge=0), default=0.1,
+                   help="the simulated annotators' noise, annotate.py's label --temperature (0 = always agree with gold)")
     p.add_argument("--flip_rate", type=number(float, ge=0, le=1), default=0.0, help="annotator label flips")
     p.add_argument("--bias", type=number(float), default=0.0, help="annotator liking for filler (> 0: reward hacking)")
     p.add_argument("--families", default="", help="annotator coverage, comma-separated ('' = all families)")
     p.add_argument("--rounds", type=number(int, ge=1), default=2,
                    help="rounds of iterated RLHF: reward model + PPO, then new pairs from the PPO policy, ...")
-    p.add_argument("--rm_steps", type=number(int, ge=1), default=300, help="reward-model steps in the first round")
-    p.add_argument("--rm_steps_next", type=number(int, ge=1), default=150, help="in each later round, continuing the last one")
+    p.add_argument("--rm_steps", type=number(int, ge=1), default=150, help="reward-model steps in the first round")
+    p.add_argument("--rm_steps_next", type=number(int, ge=1), default=75, help="in each later round, continuing the last one")
     p.add_argument("--ppo_iters", type=number(int, ge=1), default=20, help="PPO iterations per round")
+    p.add_argument("--n_eval_prompts", type=number(int, ge=1), default=100,
+                   help="held-out prompts per lab family, for the report (and PPO's evaluation at the end of a round)")
     p.add_argument("--kl_coef", type=number(float, ge=0), default=0.2,
                    help="PPO's beta; higher than the usual 0.05 as a guard against this small reward model's blind "
                         "spots, which PPO can find at 0.05 (see the README)")
@@ -59,11 +67,13 @@ def main():
     py = sys.executable
     stages = [
         Stage("lab data",
-         [py, "-m", "minirlhf.lab.make_data", "--out_dir", data, "--seed", str(args.seed), "--n_eval_prompts", "100"]),
+         [py, "-m", "minirlhf.lab.make_data", "--out_dir", data, "--seed", str(args.seed),
+          "--n_eval_prompts", str(args.n_eval_prompts)]),
         Stage("SFT",
          [py, "train_sft.py", "--train_data", f"{data}/sft.jsonl", "--eval_data", f"{data}/sft_eval.jsonl",
           "--out_dir", f"{out}/sft", "--init_from", f"scratch:{args.model}", "--max_steps", str(args.sft_steps),
-          "--lr", str(args.sft_lr), "--log_interval", "100", "--eval_interval", "500", "--ckpt_interval", "500", "--seed", str(args.seed)],
+          "--lr", str(args.sft_lr), "--log_interval", "100", "--eval_interval", str(max(1, args.sft_steps // 2)),
+          "--ckpt_interval", str(max(1, args.sft_steps // 2)), "--seed", str(args.seed)],
          resume_dir=f"{out}/sft"),
     ]
     # Iterated RLHF (the "iterated online RLHF" of Bai et al. 2022; Llama 2's rounds): each round trains a reward
@@ -86,7 +96,7 @@ def main():
               "--n_prompts", str(args.label_prompts), "--temperature", "1.0", "--seed", round_seed]),
             Stage(f"label pairs{tag}",
              [py, "-m", "minirlhf.lab.annotate", "label", "--samples", samples, "--out", new_prefs,
-              "--labeller", "sim", "--temperature", str(args.temperature), "--flip_rate", str(args.flip_rate),
+              "--labeller", "sim", "--temperature", str(args.annotator_temperature), "--flip_rate", str(args.flip_rate),
               "--bias", str(args.bias), "--seed", round_seed]
              + (["--families", args.families] if args.families else [])),
             Stage(f"reward model{tag}",
@@ -99,7 +109,8 @@ def main():
              [py, "train_ppo.py", "--prompts", f"{data}/prompts_train.jsonl",
               "--eval_prompts", f"{data}/prompts_eval.jsonl", "--sft_ckpt", f"{out}/sft/ckpt.pt",
               "--rm_ckpt", f"{rm_dir}/ckpt.pt", "--out_dir", ppo_dir, "--num_iters", str(args.ppo_iters),
-              "--kl_coef", str(args.kl_coef), "--eval_interval", str(args.ppo_iters), "--ckpt_interval", "10",
+              "--kl_coef", str(args.kl_coef), "--eval_interval", str(args.ppo_iters),
+              "--ckpt_interval", str(max(1, args.ppo_iters // 2)),
               "--log_samples", "1", "--seed", round_seed]
              + (["--policy_ckpt", prev_ppo] if prev_ppo else []), resume_dir=ppo_dir)]
         prev_rm, prev_ppo = f"{rm_dir}/ckpt.pt", f"{ppo_dir}/ckpt.pt"

@@ -1,11 +1,20 @@
-"""The lab quick start as a benchmark: does PPO beat SFT on gold and on each behaviour, seed after seed?
+"""The lab quick start as a benchmark: does PPO beat SFT on gold and on each behaviour, seed after seed, and
+how long does it take, on a quiet machine and beside a busy core?
 
-    python bench/bench_lab.py --seeds 0 1 2      # about 4.5 minutes per seed on 2 CPU cores
+    python bench/bench_lab.py --seeds 0 1 2 --busy_core 0    # about 2 minutes per quick start on 2 CPU cores
 
 For each seed it runs the README's main command, `python quickstart.py --seed N --out_dir out/bench_lab/seedN`
 (from scratch: the seed's folder is deleted first, unless --reuse), then reads that run's report.json and
-timings.json. It prints, per metric, SFT -> PPO for every seed and how many seeds moved the right way, and
-writes everything to bench/results/lab_quickstart_<device>.json.
+timings.json. With --busy_core N it runs seed N once more, into seedN_busy, beside a process that keeps one
+core busy (a spinning Python loop, started here and stopped when the quick start ends): the wall time a
+newcomer sees on a laptop doing something else, and a check that the rerun's report is the first run's, digit
+for digit (the stages' thread counts do not depend on the load: training.set_cpu_threads). It prints, per
+metric, SFT -> PPO for every seed and how many seeds moved the right way, and writes everything to
+bench/results/lab_quickstart_<device>.json. Time each run on an otherwise quiet machine; one seed per call
+with --reuse to gather them:
+
+    python bench/bench_lab.py --seeds 0            # then 1, then 2, then --busy_core 0 --seeds 0 --reuse
+    python bench/bench_lab.py --seeds 0 1 2 --busy_core 0 --reuse   # gather the runs into the results file
 
 Learning is checked here rather than in the test suite: a run that learns anything takes minutes, and one
 seed is not evidence (the README shows a family that improves in two seeds and falls in the third).
@@ -30,6 +39,7 @@ import platform
 import shutil
 import subprocess
 import sys
+import time
 
 import torch
 
@@ -83,9 +93,14 @@ def markdown_table(results, one_round=None):
     lines += ["| " + " | ".join(r) + " |" for r in rows]
     totals = ", ".join(f"{results['runs'][s]['timings'].get('total', float('nan')):.0f} s" for s in seeds)
     args = " ".join(results.get("quickstart_args") or []) or "(defaults)"
+    busy = results.get("busy_core")
+    beside = "" if not busy else (
+        f"; seed {busy['seed']} again beside a busy core (another process spinning): "
+        f"{busy['timings'].get('total', float('nan')):.0f} s, "
+        + ("the same table" if busy["same_report"] else "a different report"))
     lines += ["", f"Measured {results['date']} on {results['processor']}, {results['cpu_count']} cores, torch "
               f"{results['torch']}, {results['torch_threads']} threads; quick start options {args}; wall time per seed "
-              f"{totals}." + (f" {results['note']}" if results.get("note") else "")]
+              f"{totals}{beside}." + (f" {results['note']}" if results.get("note") else "")]
     return "\n".join(lines)
 
 
@@ -131,19 +146,33 @@ def update_readme(readme_path=README, results_path=RESULTS, one_round_path=ONE_R
         f.write(before + BEGIN + "\n" + expected_table(results_path, one_round_path) + "\n" + END + after)
 
 
-def run_seed(seed, out_dir, reuse, extra):
-    """Run (or, with reuse, find) one quick start; return (report, timings)."""
+def run_seed(seed, out_dir, reuse, extra, busy_core=False):
+    """Run (or, with reuse, find) one quick start; return (report, timings). busy_core: beside a spinning process."""
     report_path = os.path.join(out_dir, "report.json")
     if not (reuse and os.path.exists(report_path)):
         shutil.rmtree(out_dir, ignore_errors=True)
         cmd = [sys.executable, "quickstart.py", "--seed", str(seed), "--out_dir", out_dir, *extra]
-        print("$ " + " ".join(cmd), flush=True)
-        subprocess.run(cmd, cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
+        print("$ " + " ".join(cmd) + ("   (beside a busy core)" if busy_core else ""), flush=True)
+        spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if busy_core else None
+        try:
+            time.sleep(1 if busy_core else 0)  # the spinner running before the first stage starts
+            subprocess.run(cmd, cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
+        finally:
+            if spinner:
+                spinner.kill()
+                spinner.wait()
     with open(report_path) as f:
         report = json.load(f)
     timings_path = os.path.join(out_dir, "timings.json")
     timings = json.load(open(timings_path)) if os.path.exists(timings_path) else {}
     return report, timings
+
+
+def stage_threads():
+    """The thread count the quick start's stages run with (training.set_cpu_threads on a lab model)."""
+    from minirlhf.training import SMALL_MODEL_THREADS
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return min(cores, SMALL_MODEL_THREADS)
 
 
 def main():
@@ -155,6 +184,8 @@ def main():
     p.add_argument("--table", action="store_true", help="print the README table of the results file; run nothing")
     p.add_argument("--check_readme", action="store_true", help="exit 1 if README.md's table differs from the file")
     p.add_argument("--update_readme", action="store_true", help="write the results file's table into README.md")
+    p.add_argument("--busy_core", type=int, default=None, metavar="SEED",
+                   help="also rerun this seed beside a process that keeps one core busy (wall time, same report)")
     p.add_argument("--note", default="", help="how the runs were made, e.g. on a busy machine (shown under the table)")
     args, extra = p.parse_known_args()  # anything else goes to quickstart.py (e.g. --kl_coef 0.05)
     if args.table or args.check_readme or args.update_readme:
@@ -170,13 +201,22 @@ def main():
             sys.exit(1 if problem else 0)
         return
 
-    runs = {}
+    runs, reports = {}, {}
     for seed in args.seeds:
-        report, timings = run_seed(seed, os.path.join(ROOT, args.out_dir, f"seed{seed}"), args.reuse, extra)
+        reports[seed], timings = run_seed(seed, os.path.join(ROOT, args.out_dir, f"seed{seed}"), args.reuse, extra)
+        report = reports[seed]
         runs[seed] = {"SFT": report["SFT"], "PPO": report["PPO"], "rm_probe": report.get("rm_probe"),
                       "timings": timings}
         print(f"seed {seed}: {timings.get('total', float('nan')):.0f} s, gold {report['SFT']['gold']:.3f} -> "
               f"{report['PPO']['gold']:.3f}", flush=True)
+    busy = None
+    if args.busy_core is not None:
+        seed = args.busy_core
+        report, timings = run_seed(seed, os.path.join(ROOT, args.out_dir, f"seed{seed}_busy"), args.reuse, extra,
+                                   busy_core=True)
+        busy = {"seed": seed, "timings": timings, "same_report": report == reports.get(seed)}
+        print(f"seed {seed} beside a busy core: {timings.get('total', float('nan')):.0f} s; the same report as "
+              f"the quiet run: {busy['same_report'] if seed in reports else 'no quiet run to compare'}", flush=True)
 
     header = f"{'metric':24s}" + "".join(f"{'seed ' + str(s):>18s}" for s in args.seeds) + "   PPO better"
     print("\n" + header + "\n" + "-" * len(header))
@@ -201,10 +241,10 @@ def main():
     with open(path, "w") as f:
         json.dump({"machine": platform.platform(), "processor": platform.processor() or platform.machine(),
                    "cpu_count": os.cpu_count(), "torch": torch.__version__,
-                   # each stage picks its own count: one thread for the lab's tiny models (training.set_cpu_threads)
-                   "torch_threads": int(os.environ.get("OMP_NUM_THREADS") or 1),
-                   "quickstart_args": extra, "runs": runs, "ppo_better_seeds": verdicts, "note": args.note,
-                   "date": datetime.date.today().isoformat()}, f, indent=1)
+                   # each stage's count, as training.set_cpu_threads picks it for the lab's small models
+                   "torch_threads": int(os.environ.get("OMP_NUM_THREADS") or stage_threads()),
+                   "quickstart_args": extra, "runs": runs, "ppo_better_seeds": verdicts, "busy_core": busy,
+                   "note": args.note, "date": datetime.date.today().isoformat()}, f, indent=1)
     print(f"-> {path}\n(python bench/bench_lab.py --update_readme writes its table into README.md)")
 
 
