@@ -106,7 +106,7 @@ def main(argv=None):
         results.update(date=datetime.date.today().isoformat(), machine=f"{platform.machine()} CPU, {os.cpu_count()} "
                        f"cores, torch {__import__('torch').__version__}", ppo_iters=args.ppo_iters,
                        dpo_steps=args.dpo_steps, lora=dict(rank=RANK, alpha=ALPHA, lr_scale=LR_SCALE),
-                       command="python bench/bench_lora_lab.py --phase runs --seeds S (one seed per call)")
+                       command="python bench/bench_lora_lab.py --phase runs --seeds S, one seed per call, under `quiet`")
         os.makedirs(os.path.dirname(RESULTS), exist_ok=True)
         with open(RESULTS, "w") as f:
             json.dump(results, f, indent=1)
@@ -129,7 +129,11 @@ def table_md(results):
     ppo = [results["seeds"][s]["PPO"]["gold"] for s in seeds]
     lora = statistics.mean(results["seeds"][s]["PPO_LoRA"]["gold"] for s in seeds)
     lines += ["", f"LoRA PPO mean gold {lora:.3f}; full PPO's seeds span {min(ppo):.3f}..{max(ppo):.3f}: "
-              f"{'within' if min(ppo) <= lora <= max(ppo) else 'outside'} the spread."]
+              f"{'within' if min(ppo) <= lora <= max(ppo) else 'outside'} the spread.", "",
+              f"{results['ppo_iters']} PPO iterations (kl_coef 0.2), {results['dpo_steps']} DPO steps; LoRA rank "
+              f"{results['lora']['rank']}, alpha {results['lora']['alpha']}, learning rates x {results['lora']['lr_scale']}; "
+              f"seconds per iteration: median after the first, each seed's runs alone on the machine; "
+              f"{results['machine']}, {results['date']}; `{results['command']}`."]
     return "\n".join(lines)
 
 

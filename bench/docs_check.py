@@ -144,6 +144,20 @@ def generation():
     return "\n".join(rows)
 
 
+def lora_memory():
+    """bench/bench_memory.py: memory per stage with and without LoRA, GPU arithmetic and CPU measurements."""
+    sys.path.insert(0, os.path.join(ROOT, "bench"))
+    from bench_memory import docs_tables
+    return docs_tables(_load("memory_cpu.json"))
+
+
+def lora_lab():
+    """bench/bench_lora_lab.py: LoRA against full fine-tuning on the lab, per seed."""
+    sys.path.insert(0, os.path.join(ROOT, "bench"))
+    from bench_lora_lab import table_md
+    return table_md(_load("lora_lab_cpu.json"))
+
+
 # name -> (the page that holds it, its results file, the function that writes it)
 BLOCKS = {
     "kl_estimate": ("lab_results.md", "kl_estimate_cpu.json", kl_estimate),
@@ -158,6 +172,8 @@ BLOCKS = {
     "antioveropt_signals": ("overoptimisation.md", "antioveropt_cpu.json", antioveropt_signals),
     "ppo_vs_trl": ("speed.md", "ppo_vs_trl_cpu.json", ppo_vs_trl),
     "generation": ("speed.md", "generate.jsonl", generation),
+    "lora_memory": ("lora.md", "memory_cpu.json", lora_memory),
+    "lora_lab": ("lora.md", "lora_lab_cpu.json", lora_lab),
 }
 BLOCK_RE = re.compile(r"<!-- begin generated: ([\w-]+), .*?-->\n(.*?)<!-- end generated: \1 -->", re.S)
 
