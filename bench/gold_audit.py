@@ -73,6 +73,18 @@ def calibrate(n_iters, window, alpha=ALPHA, g=4, reps=2000, seed=0):
     return largest[int((1 - alpha) * reps)]
 
 
+def labels_needed(golds, t, z=(1.645, 3.5)):
+    """What a stop at the peak would need: between the gold maximum and the gold peak (the last iteration within DROP
+    of it) there are w = peak - max iterations, and by the peak gold has fallen about DROP. A window of those w
+    iterations, set against an equal one before the maximum, shows a fall of DROP at z standard errors when
+    DROP >= z * s * sqrt(2 / (g w)), s the spread of one label within an iteration: g >= 2 (z s / DROP)^2 / w labels
+    per iteration. z 1.645 is one comparison at 5 %; 3.5 about what a whole run of comparisons needs (calibrate)."""
+    sd = statistics.fmean(statistics.pvariance(g) for g in golds) ** 0.5  # within-iteration spread of one label
+    w = max(t["peak_iter"] - t["max_iter"], 1)
+    return {"label_sd": sd, "iters_max_to_peak": w,
+            "labels_needed": {str(zz): 2 * (zz * sd / DROP) ** 2 / w for zz in z}}
+
+
 def evaluate_run(golds, g, draws, window, z, seed):
     """`draws` random audits of g labels per iteration of one run -> stop iterations and what they came to."""
     t, rng, B = truth(golds), random.Random(seed), len(golds[0])
@@ -116,9 +128,11 @@ def analyse(study, draws, seed=0):
         kl_stop = label_free_stop(log)
         runs.append({"name": name, "iters": len(golds), "rollouts": len(golds[0]), **{k: v for k, v in t.items() if k != "curve"},
                      "curve": t["curve"], "label_free_stop": kl_stop,
-                     "label_free_gold_kept": t["curve"][(kl_stop or len(golds)) - 1]})
+                     "label_free_gold_kept": t["curve"][(kl_stop or len(golds)) - 1], **labels_needed(golds, t)})
     if not runs:
         raise SystemExit(f"no finished long PPO run with rollout_gold.jsonl under {study}/ppo")
+    longest = max(r["iters"] for r in runs)
+    runs = [r for r in runs if r["iters"] == longest]  # a run still going has fewer iterations
     n_iters, B = runs[0]["iters"], runs[0]["rollouts"]
     zs = {w: calibrate(n_iters, w) for w in WINDOWS}
     print(f"{len(runs)} runs, {n_iters} iterations of {B} rollouts; z at alpha {ALPHA}: "
@@ -165,11 +179,13 @@ def markdown(res):
     pct = lambda x: "-" if x is None else f"{100 * x:.0f} %"  # noqa: E731
     over = sum(r["over_optimised"] for r in res["runs"])
     lines = ["| run | iterations x rollouts | over-optimised | gold max (iteration) | gold peak iteration | gold at end "
-             f"| `--early_stop {LABEL_FREE}` stops at |", "|" + "---|" * 7]
+             f"| `--early_stop {LABEL_FREE}` stops at | spread of one label | labels per iteration a stop at the peak "
+             "needs (z 1.645 / 3.5) |", "|" + "---|" * 9]
     for r in res["runs"]:
+        need = " / ".join(f"{v:,.0f}" for v in r["labels_needed"].values()) if r["over_optimised"] else ""
         lines.append(f"| {r['name']} | {r['iters']} x {r['rollouts']} | {'yes' if r['over_optimised'] else 'no'} "
                      f"| {r['gold_max']:.3f} ({r['max_iter']}) | {r['peak_iter']} | {r['gold_end']:.3f} "
-                     f"| {r['label_free_stop'] or '-'} |")
+                     f"| {r['label_free_stop'] or '-'} | {r['label_sd']:.2f} | {need} |")
     kl = res["label_free"]
     lines += ["", f"Gold-audit stop, {res['draws']} random audits per run and g ({over} over-optimised runs, "
               f"{len(res['runs']) - over} calm; z set for {pct(res['alpha'])} false alarms on a run whose gold never moves):", "",

@@ -81,9 +81,9 @@ def overopt_entry(out, P, rm, seed):
     for r2, kl_coef in P["oo_runs"]:
         name = f"{rm}_s{seed}_kl{kl_coef:g}_long"
         held_out, log = f"{out}/eval/oo_{name}.json", f"{out}/ppo/{name}/log.jsonl"
-        kept = os.path.exists(f"{out}/ppo/{name}/ckpt_it{P.get('oo_every', 0)}.pt")  # run in segments (study.py)
+        kept = "oo_every" in P  # a study whose long runs keep policies (study.py snapshots) waits for their judging
         if r2 != rm or not (os.path.exists(held_out) or (os.path.exists(log) and not kept)):
-            continue  # not run, or its kept policies not judged yet
+            continue  # not run, or not finished
         if os.path.exists(held_out):
             pts, source = _heldout_points(held_out), "held-out"
             start = pts[0]["gold"] if pts and pts[0]["iter"] == 0 else g0
