@@ -88,7 +88,7 @@ def first_firing(values, threshold, direction=1, baseline=10, patience=3):
         z = (values[i] - mean) / std
         run = run + 1 if (direction * z if direction else abs(z)) > threshold else 0
         if run == patience:
-            return i - patience + 1
+            return i
     return None
 
 
