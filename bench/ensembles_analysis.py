@@ -313,15 +313,18 @@ def analyse(out, stages, seeds, noises, json_path, note=""):
 
 
 def pm(x, f=".3f"):
-    return "-" if not x else f"{x['mean']:{f}} ± {x['sd']:{f}}"
+    """mean ± sd over seeds; one seed: its value alone."""
+    if not x:
+        return "-"
+    return f"{x['mean']:{f}}" if x["n"] == 1 else f"{x['mean']:{f}} ± {x['sd']:{f}}"
 
 
 def markdown(res):
     """The tables of docs/ensembles.md, from the results JSON."""
     out = []
     for noise, b in res["bon"].items():
-        out += [f"Members' errors on {b['pairs']} gold-labelled held-out pairs, {noise} labels (mean ± sd over seeds "
-                f"{', '.join(map(str, b['seeds']))}):", "",
+        out += [f"Members' errors on {b['pairs']} gold-labelled held-out pairs, {noise} labels (best-of-n seeds "
+                f"{', '.join(map(str, b['seeds']))}; the members and pairs are the same for every seed):", "",
                 "| ensemble | member accuracy | accuracy of the mean | accuracy of the min | error corr | mistake corr "
                 "| error variance kept by the mean | P(all members wrong) | if independent |", "|" + "---|" * 9]
         for kind, e in b["errors"].items():
@@ -358,6 +361,15 @@ def markdown(res):
                        f"| {pm(v['gold_end'])} | {pm(v['sqrt_kl_end'], '.2f')} | {pm(v['eval_gold_end'])} "
                        f"| {pm(v['gold_at_equal_kl'])} | {gain(v['gain_at_equal_kl'])} "
                        f"| {'' if kind == 'single' else '**yes**' if v['moves_frontier'] else 'no'} |")
+    if res["runs"]:
+        out += ["", "Per seed (PPO's seed; the members are shared):", "",
+                "| labels / kl_coef | seed | reward | equal sqrt(KL) | gold there | mean gold over the run "
+                "| sqrt(mean KL) | held-out gold at end |", "|" + "---|" * 8]
+        order = list(KIND_NAMES)
+        for r in sorted(res["runs"], key=lambda r: (r["noise"] != "flip", -r["kl_coef"], r["seed"], order.index(r["kind"]))):
+            held = "-" if r["eval_gold_end"] is None else f"{r['eval_gold_end']:.3f}"
+            out.append(f"| {r['noise']} / {r['kl_coef']} | {r['seed']} | {KIND_NAMES[r['kind']]} | {r['equal_sqrt_kl']:.2f} "
+                       f"| {r['gold_at_equal_kl']:.3f} | {r['gold_mean']:.3f} | {r['sqrt_kl_mean']:.2f} | {held} |")
     return "\n".join(out).rstrip()
 
 
