@@ -3,7 +3,7 @@
     python quickstart.py              # lab data -> SFT -> labelled SFT samples -> RM -> PPO -> labelled PPO samples
                                       #   -> RM (continued) -> PPO (continued) -> report
     python quickstart.py --bias 1.0   # biased annotators who like filler: watch the proxy rise, gold fall
-    python quickstart.py --rounds 1 --rm_steps 225 --ppo_iters 40   # one round: the textbook pipeline
+    python quickstart.py --rounds 1 --rm_steps 400 --ppo_iters 40   # one round: the textbook pipeline
     python quickstart.py --out_dir out/qs2 --sft_steps 2000 --rounds 3   # longer
 
 Each stage is one of the project's own commands, printed before it runs, so this file is also the recipe:
@@ -52,8 +52,8 @@ def main():
     p.add_argument("--families", default="", help="annotator coverage, comma-separated ('' = all families)")
     p.add_argument("--rounds", type=number(int, ge=1), default=2,
                    help="rounds of iterated RLHF: reward model + PPO, then new pairs from the PPO policy, ...")
-    p.add_argument("--rm_steps", type=number(int, ge=1), default=150, help="reward-model steps in the first round")
-    p.add_argument("--rm_steps_next", type=number(int, ge=1), default=75, help="in each later round, continuing the last one")
+    p.add_argument("--rm_steps", type=number(int, ge=1), default=300, help="reward-model steps in the first round")
+    p.add_argument("--rm_steps_next", type=number(int, ge=1), default=150, help="in each later round, continuing the last one")
     p.add_argument("--ppo_iters", type=number(int, ge=1), default=20, help="PPO iterations per round")
     p.add_argument("--n_eval_prompts", type=number(int, ge=1), default=100,
                    help="held-out prompts per lab family, for the report (and PPO's evaluation at the end of a round)")
@@ -106,8 +106,9 @@ def main():
               "--ckpt_interval", "1000", "--seed", round_seed]
              + (["--init_from", prev_rm] if prev_rm else []), resume_dir=rm_dir),
             Stage(f"PPO{tag}",
-             [py, "train_ppo.py", "--prompts", f"{data}/prompts_train.jsonl",
-              "--eval_prompts", f"{data}/prompts_eval.jsonl", "--sft_ckpt", f"{out}/sft/ckpt.pt",
+             [py, "train_ppo.py", "--prompts", f"{data}/prompts_train.jsonl",  # the last round's held-out gold is
+              "--eval_prompts", "" if last else f"{data}/prompts_eval.jsonl",  # the report's: not measured twice
+              "--sft_ckpt", f"{out}/sft/ckpt.pt",
               "--rm_ckpt", f"{rm_dir}/ckpt.pt", "--out_dir", ppo_dir, "--num_iters", str(args.ppo_iters),
               "--kl_coef", str(args.kl_coef), "--eval_interval", str(args.ppo_iters),
               "--ckpt_interval", str(max(1, args.ppo_iters // 2)),
