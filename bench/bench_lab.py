@@ -1,7 +1,7 @@
 """The lab quick start as a benchmark: does PPO beat SFT on gold and on each behaviour, seed after seed, and
 how long does it take, on a quiet machine and beside a busy core?
 
-    python bench/bench_lab.py --seeds 0 1 2 --busy_core 0    # about 2 minutes per quick start on 2 CPU cores
+    python bench/bench_lab.py --seeds 0 1 2 --busy_core 0    # about 5 minutes per quick start on 2 CPU cores
 
 For each seed it runs the README's main command, `python quickstart.py --seed N --out_dir out/bench_lab/seedN`
 (from scratch: the seed's folder is deleted first, unless --reuse), then reads that run's report.json and
@@ -91,7 +91,8 @@ def markdown_table(results, one_round=None):
         rows.append([label.strip()] + cells + ["" if better is None else f"{better} of {len(seeds)}"])
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
-    totals = ", ".join(f"{results['runs'][s]['timings'].get('total', float('nan')):.0f} s" for s in seeds)
+    timed = [s for s in seeds if s in [str(t) for t in results.get("quiet_seeds", seeds)]]  # ran alone on the machine
+    totals = ", ".join(f"seed {s} {results['runs'][s]['timings'].get('total', float('nan')):.0f} s" for s in timed)
     args = " ".join(results.get("quickstart_args") or []) or "(defaults)"
     busy = results.get("busy_core")
     beside = "" if not busy else (
@@ -99,8 +100,8 @@ def markdown_table(results, one_round=None):
         f"{busy['timings'].get('total', float('nan')):.0f} s, "
         + ("the same table" if busy["same_report"] else "a different report"))
     lines += ["", f"Measured {results['date']} on {results['processor']}, {results['cpu_count']} cores, torch "
-              f"{results['torch']}, {results['torch_threads']} threads; quick start options {args}; wall time per seed "
-              f"{totals}{beside}." + (f" {results['note']}" if results.get("note") else "")]
+              f"{results['torch']}, {results['torch_threads']} threads; quick start options {args}; wall time on a quiet "
+              f"machine: {totals or 'not measured'}{beside}." + (f" {results['note']}" if results.get("note") else "")]
     return "\n".join(lines)
 
 
@@ -186,6 +187,8 @@ def main():
     p.add_argument("--update_readme", action="store_true", help="write the results file's table into README.md")
     p.add_argument("--busy_core", type=int, default=None, metavar="SEED",
                    help="also rerun this seed beside a process that keeps one core busy (wall time, same report)")
+    p.add_argument("--quiet_seeds", type=int, nargs="*", default=None,
+                   help="the seeds whose runs had the machine to themselves (default: all): only their wall times are shown")
     p.add_argument("--note", default="", help="how the runs were made, e.g. on a busy machine (shown under the table)")
     args, extra = p.parse_known_args()  # anything else goes to quickstart.py (e.g. --kl_coef 0.05)
     if args.table or args.check_readme or args.update_readme:
@@ -244,6 +247,7 @@ def main():
                    # each stage's count, as training.set_cpu_threads picks it for the lab's small models
                    "torch_threads": int(os.environ.get("OMP_NUM_THREADS") or stage_threads()),
                    "quickstart_args": extra, "runs": runs, "ppo_better_seeds": verdicts, "busy_core": busy,
+                   "quiet_seeds": args.seeds if args.quiet_seeds is None else args.quiet_seeds,
                    "note": args.note, "date": datetime.date.today().isoformat()}, f, indent=1)
     print(f"-> {path}\n(python bench/bench_lab.py --update_readme writes its table into README.md)")
 
