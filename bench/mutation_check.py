@@ -31,7 +31,7 @@ LORA = ["tests/test_lora.py", "tests/test_lora_scripts.py"]
 
 # (file, exact code substring, its replacement, what goes wrong, tests that must fail)
 MUTATIONS = [
-    ("minirlhf/scoring.py", "start=start - 1)[:, :-1]", "start=start)",
+    ("minirlhf/scoring.py", "model(tokens, mask, start=start - 1)[:, :-1]", "model(tokens, mask, start=start)",
      "log-probs one position off: logits at t score token t", REF + PPO),
     ("minirlhf/scoring.py", "kernels.logprobs(logits, targets, temperature=temperature,",
      "kernels.logprobs(logits, targets, temperature=1.0,", "log-probs ignore the sampling temperature", REF + PPO),
