@@ -9,7 +9,7 @@ against the gold judge, in one resumable command.
     python study.py --quick --out_dir out/s2 --jobs 1       # one stage at a time
 
 Every stage is one of the project's own commands, printed before it runs, so this file is also the recipe.
-What it measures (the shapes to compare with: ../shared/OVEROPT.md; the report says where the lab differs):
+What it measures (the shapes to compare with are Gao et al. 2023's; the report says where the lab differs):
 
   over-optimisation   per seed, gold and proxy against d = sqrt(KL to SFT) for best-of-n (n = 1 .. N, from one set
                       of N SFT samples per held-out prompt, bestofn.py) and for long PPO runs (kl_coef from 0, which

@@ -3,7 +3,7 @@
     python bench/bench_ppo_vs_trl.py --trl_python /path/to/venv/bin/python     # CPU
     python bench/bench_ppo_vs_trl.py --skip_trl                                # ours only
 
-The settings are those of the peer harness (shared/peers/trl_ppo.py): a GPT-2-shaped model with 4 layers,
+The settings are those of the peer harness (bench/peers/trl_ppo.py): a GPT-2-shaped model with 4 layers,
 width 128, 4 heads, vocabulary 512, random weights; 64 rollouts of 24 prompt + 24 response tokens per
 iteration, temperature 0.7, 4 PPO epochs x 4 minibatches, separate policy / reference / reward / value models,
 fp32. Seconds per PPO iteration are the median over the timed iterations after one warm-up iteration, and

@@ -13,7 +13,7 @@
 # 24 GB, which halves the rollout batch); what changes is micro_batch_size (gradient accumulation makes up the
 # batch) and, on 24 GB, the fused linear log-prob kernel in SFT.
 #
-# Memory, estimated from first principles (README: what was measured):
+# Memory, estimated from first principles (docs/real_data.md: what was measured):
 #   weights + gradients + AdamW's two moments, all fp32: 16 bytes per parameter
 #       124M: 2.0 GB     355M: 5.7 GB
 #   activations kept for the backward under bf16 autocast, about 40 * n_embd bytes per token per layer (fp32

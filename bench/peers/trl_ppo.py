@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Peer benchmark: time Hugging Face TRL's PPO trainer on a tiny GPT-2-shaped model.
 
-(A copy of shared/peers/trl_ppo.py, so that it travels with the repository to a GPU machine; the one change:
+(This project's copy of the peer harness, so that it travels with the repository to a GPU machine; the one change:
 a Dataset whose fingerprint cannot be hashed gets a random one, see _fingerprint_or_random.)
 
 Fully offline: every model is built from a GPT2Config with random weights; the
