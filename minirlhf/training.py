@@ -180,11 +180,6 @@ def all_reduce_mean(x, rt):
     return all_reduce_sum(x, rt) / rt.world_size
 
 
-def finish_distributed(model, rt):
-    """End of a DDP run: verify that every rank holds the same weights (a cheap checksum), then tear down.
-
-    The caller first drops its DDP wrappers: each holds the process group, and a group still held after
-    destroy_process_group is destroyed whenever its last holder goes (at interpreter exit if a reference cycle
 def accumulation_context(rt, ddp_models, last, dtype):
     """The context of one micro-batch's forward and backward: the autocast and, on every micro-batch of a
     minibatch but its last, DDP's no_sync() on each DDP-wrapped model. Gradients then accumulate locally and are
@@ -197,6 +192,11 @@ def accumulation_context(rt, ddp_models, last, dtype):
     return stack
 
 
+def finish_distributed(model, rt):
+    """End of a DDP run: verify that every rank holds the same weights (a cheap checksum), then tear down.
+
+    The caller first drops its DDP wrappers: each holds the process group, and a group still held after
+    destroy_process_group is destroyed whenever its last holder goes (at interpreter exit if a reference cycle
     holds it), where gloo's threads can abort a run that went well ("terminate called without an active exception").
     """
     if rt.world_size == 1:
@@ -274,11 +274,6 @@ def load_resume(out_dir, expect="gpt"):
     return ckpt
 
 
-def check_finite(value, name, step, out_dir):
-    """Stop on NaN / inf before it reaches the weights; the last checkpoint on disk stays the last good one
-    (save_checkpoint also refuses to save non-finite weights, so the checkpoint on disk is always good).
-    `value` is a float, or a model whose weights are checked (after an optimizer step)."""
-    if isinstance(value, torch.nn.Module):
 def resume_run(rt, out_dir, model, optimizer, **state):
     """--resume: the model, its optimizer and the RNGs from out_dir/ckpt.pt, and each extra module or optimizer
     from the state dict saved under its keyword (e.g. value_model=...). Returns the checkpoint (step, ...)."""
@@ -295,6 +290,11 @@ def resume_run(rt, out_dir, model, optimizer, **state):
     return ckpt
 
 
+def check_finite(value, name, step, out_dir):
+    """Stop on NaN / inf before it reaches the weights; the last checkpoint on disk stays the last good one
+    (save_checkpoint also refuses to save non-finite weights, so the checkpoint on disk is always good).
+    `value` is a float, or a model whose weights are checked (after an optimizer step)."""
+    if isinstance(value, torch.nn.Module):
         bad = non_finite_entries(value.state_dict())
         value = float("nan") if bad else 0.0
         name = f"{name} ({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''})"
@@ -348,16 +348,16 @@ class Logger:
         if self.wandb is not None:
             self.wandb.log({k: v for k, v in metrics.items() if isinstance(v, (int, float))}, step=step)
 
-
-def _fmt(v):
-    return f"{v:.4g}" if isinstance(v, float) else str(v)
-
-
     def samples(self, prompts, texts, scores, n):
         """Print the first n (prompt, response, score) of a batch under its log line: what the policy now says."""
         if self.enabled:
             for prompt, text, score in list(zip(prompts, texts, scores))[:n]:
                 print(f"    {describe(prompt, 200)} -> {text!r}  (score {score:+.2f})")
+
+
+def _fmt(v):
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
 
 def save_training_checkpoint(rt, out_dir, model, *, stage, tokenizer_name, step, args, optimizer, **extra):
     if rt.master:
