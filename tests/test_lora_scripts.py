@@ -22,33 +22,11 @@ from minirlhf.data import write_jsonl
 from minirlhf.model import GPT, GPTConfig, ScalarGPT
 from minirlhf.scoring import response_logprobs
 from minirlhf.training import parse_args, step_generator
-from test_ppo_reference import LENGTHS, fixed_rollout, reference_logprobs
+from test_ppo_reference import LENGTHS, RecordingSGD, fixed_rollout, reference_logprobs
 
 TEMP, KL_COEF, EPS, LR, LAM, RANK, ALPHA, SEED = 0.7, 0.1, 0.02, 0.03, 0.95, 4, 6.0, 3
 PROMPTS = ["Human: What is two plus two?\n\nAssistant:", "Human: Hi\n\nAssistant:",
            "Human: Name a colour that is not red.\n\nAssistant:", "Human: Why?\n\nAssistant:"]
-
-
-class RecordingSGD:
-    """Stands in for AdamW on what requires grad: p -= lr * grad; keeps names, initial values and every gradient."""
-
-    def __init__(self, model, lr, weight_decay=0.0):
-        named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-        self.names, self.params, self.lr, self.grads = [n for n, _ in named], [p for _, p in named], lr, []
-        self.initial = {n: p.detach().double().clone() for n, p in named}
-
-    def step(self):
-        self.grads.append([p.grad.double().clone() for p in self.params])
-        with torch.no_grad():
-            for p in self.params:
-                p -= self.lr * p.grad
-
-    def zero_grad(self, set_to_none=True):
-        for p in self.params:
-            p.grad = None
-
-    def state_dict(self):
-        return {}
 
 
 def setup(tmp_path, dropout=0.5):

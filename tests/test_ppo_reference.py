@@ -30,10 +30,13 @@ SEED, TARGET_KL = 3, 3.8
 
 
 class RecordingSGD:
-    """Stands in for AdamW: p -= lr * grad, and keeps a float64 copy of every gradient it was given."""
+    """Stands in for AdamW on what requires grad: p -= lr * grad; keeps the parameters' names, their initial values
+    and a float64 copy of every gradient it was given (tests/test_lora_scripts.py uses it too)."""
 
     def __init__(self, model, lr, weight_decay=0.0):
-        self.params, self.lr, self.grads = list(model.parameters()), lr, []
+        named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        self.names, self.params, self.lr, self.grads = [n for n, _ in named], [p for _, p in named], lr, []
+        self.initial = {n: p.detach().double().clone() for n, p in named}
 
     def step(self):
         self.grads.append([p.grad.double().clone() for p in self.params])
