@@ -16,10 +16,19 @@ the pipeline is stopped (Ctrl-C, SIGTERM), the running stage is stopped with it,
 Each command runs with OMP_WAIT_POLICY=PASSIVE unless the environment says otherwise: torch's threads then
 sleep, rather than spin, while they wait for each other. It changes no number, only speed: beside a busy
 core a spinning thread takes CPU time from the thread it waits for (see training.set_cpu_threads).
+
+A command of the form `python script.py ...` or `python -m module ...` (this interpreter) is not exec'd: it
+runs in a process forked from a server that imported torch once (multiprocessing's "forkserver", torch
+preloaded), as runpy runs a script: the same argv, working directory, environment and `__name__ ==
+"__main__"`, in a process of its own, minus the 1.7 s that `import torch` takes on every fresh interpreter
+(a quick start has 11 stages). The server never computes, so forking it is safe (a process that has run
+OpenMP threads cannot be forked safely). Any other command (torchrun, ...) is exec'd as it is.
 """
 
 import json
+import multiprocessing
 import os
+import runpy
 import shlex
 import signal
 import subprocess
@@ -86,13 +95,73 @@ def _die_with_parent(parent_pid):
         os._exit(1)
 
 
+def _run_python(cmd, cwd, env):
+    """In the forked child: become the leader of a new process group (as start_new_session does), die with the
+    pipeline, take the caller's environment, then run `python script.py args` or `python -m module args` as
+    the interpreter would."""
+    os.setsid()
+    if sys.platform.startswith("linux"):
+        # our parent is the fork server, which exits when the pipeline's process does: then so do we
+        _die_with_parent(os.getppid())
+    os.environ.clear()
+    os.environ.update(env)
+    if env.get("OMP_NUM_THREADS", "").isdigit():  # a fresh interpreter's torch would have read it at import
+        import torch
+        torch.set_num_threads(int(env["OMP_NUM_THREADS"]))
+    if cwd:
+        os.chdir(cwd)
+    if cmd[1] == "-m":
+        sys.argv = [cmd[2], *cmd[3:]]  # run_module puts the module's file in argv[0], as `python -m` does
+        sys.path[0] = os.getcwd()
+        runpy.run_module(cmd[2], run_name="__main__", alter_sys=True)
+    else:
+        sys.argv = list(cmd[1:])
+        sys.path[0] = os.path.dirname(os.path.abspath(cmd[1]))
+        runpy.run_path(cmd[1], run_name="__main__")
+
+
+_FORK_SERVER = None
+
+
+def _fork_server():
+    """The multiprocessing context whose server imported torch (started on first use, with the stage env)."""
+    global _FORK_SERVER
+    if _FORK_SERVER is None:
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # read by OpenMP when the server imports torch
+        _FORK_SERVER = multiprocessing.get_context("forkserver")
+        _FORK_SERVER.set_forkserver_preload(["torch"])
+    return _FORK_SERVER
+
+
+class _Forked:
+    """A forked stage with Popen's two methods that run_command needs."""
+
+    def __init__(self, cmd, cwd, env):
+        self.process = _fork_server().Process(target=_run_python, args=(cmd, cwd, env))
+        self.process.start()
+        self.pid = self.process.pid
+
+    def wait(self, timeout=None):
+        self.process.join(timeout)
+        if self.process.exitcode is None:
+            raise subprocess.TimeoutExpired("stage", timeout)
+        return self.process.exitcode
+
+
+def _is_python(cmd):
+    return len(cmd) >= 2 and cmd[0] == sys.executable and (cmd[1].endswith(".py") or (cmd[1] == "-m" and len(cmd) >= 3))
+
+
 def run_command(cmd, cwd=None):
     """Run cmd in its own process group; if we are interrupted, stop the whole group before re-raising; if we
     are killed outright, the kernel stops the command (_die_with_parent)."""
-    parent = os.getpid()
-    preexec = (lambda: _die_with_parent(parent)) if sys.platform.startswith("linux") else None
     env = {**os.environ, "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
-    proc = subprocess.Popen(cmd, cwd=cwd, env=env, start_new_session=True, preexec_fn=preexec)
+    if _is_python(cmd):
+        proc = _Forked(cmd, cwd, env)
+    else:
+        parent = os.getpid()
+        preexec = (lambda: _die_with_parent(parent)) if sys.platform.startswith("linux") else None
+        proc = subprocess.Popen(cmd, cwd=cwd, env=env, start_new_session=True, preexec_fn=preexec)
     previous = signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     try:
         code = proc.wait()
@@ -100,10 +169,10 @@ def run_command(cmd, cwd=None):
         try:
             os.killpg(proc.pid, signal.SIGTERM)
             proc.wait(timeout=10)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
+        except (ProcessLookupError, PermissionError, subprocess.TimeoutExpired):
             try:
                 os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
+            except (ProcessLookupError, PermissionError):
                 pass
         raise
     finally:
