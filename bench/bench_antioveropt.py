@@ -44,11 +44,10 @@ ppo_clean_min_s1,ppo_clean_uwo_s1,ppo_clean_single_s2,ppo_clean_mean_s2,ppo_clea
 import argparse
 import os
 import sys
-from concurrent.futures import ProcessPoolExecutor
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-from minirlhf.stages import Stage, run_stages  # noqa: E402
+from minirlhf.stages import Stage, run_stages, run_stages_apart  # noqa: E402
 
 PY = sys.executable
 K = 4  # ensemble members
@@ -138,15 +137,9 @@ def dpo_stages(out, a):
     return st, evaluate
 
 
-def run_one(stage, out):
-    return run_stages([stage], state_dir=f"{out}/stages/{os.path.basename(stage.resume_dir)}", cwd=ROOT)
-
-
 def run_parallel(stages, out, jobs):
     """Each stage a pipeline of one with its own state folder, `jobs` at a time, each in its own process."""
-    with ProcessPoolExecutor(jobs) as pool:
-        for _ in pool.map(run_one, stages, [out] * len(stages)):
-            pass
+    run_stages_apart(stages, [f"{out}/stages/{os.path.basename(s.resume_dir)}" for s in stages], jobs, cwd=ROOT)
 
 
 def main():

@@ -47,11 +47,10 @@ import json
 import os
 import random
 import sys
-from concurrent.futures import ProcessPoolExecutor
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-from minirlhf.stages import Stage, run_stages  # noqa: E402
+from minirlhf.stages import Stage, run_stages, run_stages_apart  # noqa: E402
 
 PY = sys.executable
 K = 4  # members per ensemble
@@ -217,16 +216,10 @@ def runs_stages(out, seeds, noises, kl_coefs, iters, agg):
 # ----------------------------------------------------------------------------- running stages
 
 
-def run_one(stage, out):
-    slug = stage.resume_dir.replace(out, "").strip("/").replace("/", "_") if stage.resume_dir else "misc"
-    return run_stages([stage], state_dir=f"{out}/stages/{slug}", cwd=ROOT)
-
-
 def run_parallel(stages, out, jobs):
     """Each stage in its own process with its own state folder, `jobs` at a time (each model uses one thread)."""
-    with ProcessPoolExecutor(jobs) as pool:
-        for _ in pool.map(run_one, stages, [out] * len(stages)):
-            pass
+    slugs = [s.resume_dir.replace(out, "").strip("/").replace("/", "_") if s.resume_dir else "misc" for s in stages]
+    run_stages_apart(stages, [f"{out}/stages/{slug}" for slug in slugs], jobs, cwd=ROOT)
 
 
 def main():

@@ -34,6 +34,7 @@ import signal
 import subprocess
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 
 from minirlhf.files import atomic_write
@@ -202,3 +203,12 @@ def run_stages(stages, state_dir, cwd=None):
         timings[stage.name] = round(time.time() - t0, 1)
         _write_marker(stage, state_dir, "done", timings[stage.name])
     return timings
+
+
+def run_stages_apart(stages, state_dirs, jobs, cwd=None):
+    """Independent stages, `jobs` at a time, each a pipeline of one with its own state folder (the benchmarks'
+    sweeps): a rerun skips those that finished, whatever order they ran in. Each runs with one thread
+    (set OMP_NUM_THREADS=1): side by side, one-thread processes use the cores better than threads would."""
+    with ProcessPoolExecutor(jobs) as pool:
+        for _ in pool.map(run_stages, [[stage] for stage in stages], state_dirs, [cwd] * len(stages)):
+            pass
