@@ -207,7 +207,9 @@ def main(args):
         g = step_generator(args.seed, step)
         batch_idx = torch.randint(len(train), (args.batch_size,), generator=g).tolist()
         mine = batch_idx[rt.rank * per_rank: (rt.rank + 1) * per_rank]
-        micro_batches = [mine[i::n_micro] for i in range(n_micro)]
+        if n_micro > 1:  # micro-batches of similar lengths pad less; the step's loss is the same sum over its pairs
+            mine.sort(key=lambda j: max(len(train[j].chosen.tokens), len(train[j].rejected.tokens)))
+        micro_batches = [mine[i: i + micro_size] for i in range(0, per_rank, micro_size)]
         loss_total, totals = 0.0, {"chosen": 0.0, "rejected": 0.0, "correct": 0.0}
         for i, idx in enumerate(micro_batches):
             ids, mask, response_mask = make_batch([train[j] for j in idx], rt.device, tok.pad_token)

@@ -199,7 +199,9 @@ def main(args):
         g = step_generator(args.seed, step)
         batch_idx = torch.randint(len(train), (args.batch_size,), generator=g).tolist()
         mine = [train[i] for i in batch_idx[rt.rank * per_rank: (rt.rank + 1) * per_rank]]
-        micro_batches = [make_batch(mine[i::n_micro], rt.device, tok.pad_token) for i in range(n_micro)]
+        if n_micro > 1:  # micro-batches of similar lengths pad less; the step's loss is the same sum over its pairs
+            mine.sort(key=lambda pair: max(len(pair.chosen.tokens), len(pair.rejected.tokens)))
+        micro_batches = [make_batch(mine[i: i + micro_size], rt.device, tok.pad_token) for i in range(0, per_rank, micro_size)]
         loss_total, correct = 0.0, 0
         for i, (ids, mask) in enumerate(micro_batches):
             with accumulation_context(rt, (ddp_model,), i == n_micro - 1, args.dtype):  # DDP syncs on the last

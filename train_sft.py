@@ -148,7 +148,9 @@ def main(args):
         g = step_generator(args.seed, step)
         batch_idx = torch.randint(len(train), (args.batch_size,), generator=g).tolist()
         mine = [train[i] for i in batch_idx[rt.rank * per_rank: (rt.rank + 1) * per_rank]]
-        micro_batches = [make_batch(mine[i::n_micro], rt.device, tok.pad_token) for i in range(n_micro)]
+        if n_micro > 1:  # micro-batches of similar lengths pad less; the step's loss is the same sum over its tokens
+            mine.sort(key=lambda example: len(example[0]) + len(example[1]))
+        micro_batches = [make_batch(mine[i: i + micro_size], rt.device, tok.pad_token) for i in range(0, per_rank, micro_size)]
         n_tokens = all_reduce_sum(sum(m[2][:, 1:].sum().item() for m in micro_batches), rt)  # loss tokens, all ranks
         loss_total = 0.0
         for i, (ids, mask, loss_mask) in enumerate(micro_batches):
