@@ -2,7 +2,8 @@
 model) runs every kind of stage (lab data, SFT, sampling, gold and simulated labels, RM, best-of-n, PPO in kept
 segments, held-out judging of the kept policies, DPO, evaluation) in two lanes, writes study.json, report.md and
 both figures, and a rerun skips every stage. The long PPO run's per-rollout gold scores (rollout_gold.jsonl)
-average to its log's lab/gold; bad --seeds / --parts are refused by name.
+average to its log's lab/gold; bad --seeds / --parts are refused by name. The study and its rerun start in the
+background at collection (conftest.py), beside the other tests.
 
     python -m pytest tests/test_study.py -q
 """
@@ -22,9 +23,15 @@ def study(out):
     return done.stdout
 
 
-def test_tiny_study_end_to_end_and_rerun(tmp_path):
-    out = tmp_path / "study"
+def in_background(tmp):
+    """The study, then the same command again. -> (out, the rerun's stdout)"""
+    out = tmp / "study"
     study(out)
+    return out, study(out)
+
+
+def test_tiny_study_end_to_end_and_rerun(background):
+    out, again = background
     result = json.loads((out / "study.json").read_text())
     markers = os.listdir(out / "stages")
     assert len(markers) == 14 and all(json.loads((out / "stages" / m).read_text())["state"] == "done" for m in markers)
@@ -54,7 +61,6 @@ def test_tiny_study_end_to_end_and_rerun(tmp_path):
     assert "## The four levers" in report and "## The alignment tax" in report
     assert (out / "overopt.png").stat().st_size > 1000 and (out / "levers.png").stat().st_size > 1000
 
-    again = study(out)
     assert again.count("(done earlier: skipped)") == 14
 
 
