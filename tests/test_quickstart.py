@@ -1,9 +1,9 @@
 """The README's main command end to end, shrunk, and stopped the hard way halfway: `python quickstart.py` with a
-tiny model and a few steps per stage, killed in the middle of the second round's PPO, then run again (about
-60 s on 2 cores: one pipeline serves every check below).
+tiny model and a few steps per stage, killed in the middle of the second round's PPO, then run again (about a
+minute on one core, started in the background at collection by conftest.py: one pipeline serves every check).
 
-The kill: `kill -9` of the quick start's own process only (not its process group); the PPO stage it was running
-must stop too (the kernel's parent-death signal), not run on. The rerun must resume that PPO from its halfway
+The kill: `kill -9` of the quick start's own process only (not its process group); every process under it, the
+PPO stage it was running included, must stop too (the kernel's parent-death signal), not run on. The rerun must resume that PPO from its halfway
 checkpoint and finish it (not skip it as done, not start it over), its log.jsonl must hold every iteration
 exactly once, and the final policy must be the one the same PPO command writes without the interruption.
 
@@ -18,12 +18,12 @@ running the command once more skips every stage.
 import json
 import os
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
 import time
 
-import pytest
 import torch
 
 from minirlhf.checkpoint import load_checkpoint
@@ -37,17 +37,31 @@ STAGES = ["lab data", "SFT", "sample pairs", "label pairs", "reward model", "PPO
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
-def running(pattern):
-    """Pids of live processes whose command line contains `pattern` (zombies have an empty command line)."""
-    pids = []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
+def live_descendants(pid):
+    """Pids of the live processes under `pid`: its children, theirs, and so on (zombies left out). A stage may be
+    a forked child of a fork server rather than a program of its own, so it is found by parentage, not by name."""
+    parents = {}
+    for p in filter(str.isdigit, os.listdir("/proc")):
         try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                if pattern in f.read().replace(b"\0", b" ").decode(errors="replace"):  # arguments end in NULs
-                    pids.append(int(pid))
-        except OSError:
-            pass
-    return pids
+            with open(f"/proc/{p}/stat") as f:
+                state, ppid = f.read().rsplit(")", 1)[1].split()[:2]  # after the name, which may hold spaces
+        except (OSError, ValueError):
+            continue
+        if state != "Z":
+            parents[int(p)] = int(ppid)
+    found, frontier = [], {pid}
+    while frontier:
+        frontier = {p for p, parent in parents.items() if parent in frontier}
+        found += sorted(frontier)
+    return found
+
+
+def alive(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
 
 
 def logged_steps(path):
@@ -64,10 +78,10 @@ def quickstart(out):
     return done.stdout
 
 
-@pytest.fixture(scope="module")
-def killed_then_rerun(tmp_path_factory):
-    """Start the quick start, kill -9 it in the middle of the last PPO, run it again: (out, facts, rerun's stdout)."""
-    tmp = tmp_path_factory.mktemp("quickstart")
+def in_background(tmp):
+    """Every run this file checks (conftest.py starts it at collection, beside the other tests): the quick start
+    killed with kill -9 in the middle of the last PPO, run again, the same PPO command uninterrupted, the printed
+    sample.py command, and the quick start once more. -> (out, facts, the rerun's stdout, the third run's stdout)"""
     out, facts = tmp / "qs", {}
     cmd = [sys.executable, "quickstart.py", "--out_dir", str(out), *TINY]
     with open(tmp / "first.txt", "w") as log:
@@ -76,45 +90,55 @@ def killed_then_rerun(tmp_path_factory):
         while max(logged_steps(out / "ppo" / "log.jsonl"), default=0) < 3:  # out/ppo: the last round's PPO
             assert proc.poll() is None and time.time() < deadline, (tmp / "first.txt").read_text()[-3000:]
             time.sleep(0.05)
+        started = live_descendants(proc.pid)  # the PPO stage, and whatever runs it
         os.kill(proc.pid, signal.SIGKILL)  # the quick start alone, not its stage's process group
         proc.wait()
     for _ in range(100):  # the stage gets SIGTERM from the kernel at once; give it 10 s to exit
-        if not running(f"--out_dir {out}/ppo"):
+        if not any(map(alive, started)):
             break
         time.sleep(0.1)
-    facts["stage_outlived_the_kill"] = bool(running(f"--out_dir {out}/ppo"))
-    facts["step_at_kill"] = load_checkpoint(str(out / "ppo" / "ckpt.pt"))["step"]
-    return out, facts, quickstart(out)
+    facts["started_under_the_quickstart"] = started
+    facts["outlived_the_kill"] = [pid for pid in started if alive(pid)]
+    facts["logged_once_all_stopped"] = logged_steps(out / "ppo" / "log.jsonl")
+    shutil.copy(out / "ppo" / "ckpt.pt", tmp / "ckpt_at_kill.pt")  # read by the test, before the rerun replaces it
+    again = quickstart(out)
+
+    # the same PPO command, uninterrupted, into another folder
+    line = next(l for l in again.splitlines() if l.startswith("$ ") and f"--out_dir {out}/ppo " in l)
+    ppo_cmd = shlex.split(line[2:])  # the stage's command as printed, without the --resume added to it
+    ppo_cmd[ppo_cmd.index("--out_dir") + 1] = str(tmp / "ppo_whole")
+    facts["whole"] = subprocess.run(ppo_cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
+
+    talk = [line.split() for line in again.splitlines() if line.strip().startswith("python sample.py")][0]
+    facts["talk"] = subprocess.run([sys.executable, *talk[1:], "--prompt", "What is 2 + 3?", "--max_new_tokens", "4"],
+                                   cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=120)
+    facts["timings"] = json.loads((out / "timings.json").read_text())  # before the third run
+    return out, facts, again, quickstart(out)  # the third run: everything is there, nothing runs
 
 
-def test_killed_quickstart_stops_its_stage_and_the_rerun_resumes_ppo(killed_then_rerun, tmp_path):
-    out, facts, again = killed_then_rerun
-    assert not facts["stage_outlived_the_kill"], "the PPO stage outlived the killed quick start"
-    assert facts["step_at_kill"] == 2
+def test_killed_quickstart_stops_its_stage_and_the_rerun_resumes_ppo(background):
+    out, facts, again, _ = background
+    assert facts["started_under_the_quickstart"] and not facts["outlived_the_kill"], facts  # the stage died too
+    assert facts["logged_once_all_stopped"] == [1, 2, 3], "the PPO stage ran on after the quick start was killed"
+    assert load_checkpoint(str(out.parent / "ckpt_at_kill.pt"))["step"] == 2
     assert f"(unfinished: resuming from {out}/ppo/ckpt.pt)" in again
     assert again.count("(done earlier: skipped)") == len(STAGES) - 2  # all but the last PPO and the evaluation
     assert logged_steps(out / "ppo" / "log.jsonl") == list(range(1, 5))  # every iteration once
     resumed = load_checkpoint(str(out / "ppo" / "ckpt.pt"))
     assert resumed["step"] == 4
 
-    # the same PPO command, uninterrupted, into another folder: the same policy
-    line = next(l for l in again.splitlines() if l.startswith("$ ") and f"--out_dir {out}/ppo " in l)
-    ppo_cmd = shlex.split(line[2:])  # the stage's command as printed, without the --resume added to it
-    ppo_cmd[ppo_cmd.index("--out_dir") + 1] = str(tmp_path / "ppo_whole")
-    whole = subprocess.run(ppo_cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
-    assert whole.returncode == 0, whole.stderr[-3000:]
-    uninterrupted = load_checkpoint(str(tmp_path / "ppo_whole" / "ckpt.pt"))
+    # the same PPO command, uninterrupted: the same policy
+    assert facts["whole"].returncode == 0, facts["whole"].stderr[-3000:]
+    uninterrupted = load_checkpoint(str(out.parent / "ppo_whole" / "ckpt.pt"))
     for key, value in uninterrupted["model"].items():
         assert torch.equal(resumed["model"][key], value), key
 
 
-def test_two_rounds_end_to_end_and_a_rerun_skips_every_stage(killed_then_rerun):
-    out, _, printed = killed_then_rerun
-    talk = [line.split() for line in printed.splitlines() if line.strip().startswith("python sample.py")][0]
-    done = subprocess.run([sys.executable, *talk[1:], "--prompt", "What is 2 + 3?", "--max_new_tokens", "4"],
-                          cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=120)
+def test_two_rounds_end_to_end_and_a_rerun_skips_every_stage(background):
+    out, facts, printed, third = background
+    done = facts["talk"]  # the command it prints to talk to the models
     assert done.returncode == 0 and "[SFT]" in done.stdout and "[PPO]" in done.stdout, done.stderr[-2000:]
-    assert list(json.loads((out / "timings.json").read_text())) == ["PPO 2", "evaluation", "total"]  # run now
+    assert list(facts["timings"]) == ["PPO 2", "evaluation", "total"]  # what the rerun ran
     markers = [json.loads((out / "stages" / name).read_text()) for name in os.listdir(out / "stages")]
     assert sorted(m["name"] for m in markers) == sorted(STAGES) and all(m["state"] == "done" for m in markers)
     labelling = [line for line in printed.splitlines() if "minirlhf.lab.annotate label" in line]
@@ -137,5 +161,4 @@ def test_two_rounds_end_to_end_and_a_rerun_skips_every_stage(killed_then_rerun):
     assert all(0.0 <= v <= 1.0 for v in report["rm_probe"].values())
     assert (out / "gold_vs_kl.png").stat().st_size > 1000
 
-    again = quickstart(out)  # everything is there: nothing runs
-    assert again.count("(done earlier: skipped)") == len(STAGES)
+    assert third.count("(done earlier: skipped)") == len(STAGES)  # everything is there: nothing runs
