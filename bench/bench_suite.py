@@ -5,9 +5,11 @@
 
 It runs the suite once in a subprocess (`python -m pytest -q -p no:cacheprovider --durations=N`, plus --ignore
 for each file given), measures the wall time from outside, and records it under --label in the results file
-with pytest's own summary line and its slowest tests (setup and call phases, as pytest reports them). Other
+with pytest's own summary line and its slowest tests (setup and call phases, as pytest reports them), the CPU
+time of the suite's processes (user + system, all of them: the end-to-end runs go on in the background beside
+the other tests, so the wall time is less than the CPU time) and the load average just before the run. Other
 labels in the file are kept, so one file holds, say, the suite with and without some files. Time it on an
-otherwise quiet machine: the suite's own processes are the load it measures.
+otherwise quiet machine (a 1-minute load average near 0): the suite's own processes are the load it measures.
 
 A time target is checked here, not by a timed assertion in a test: a test that fails on a slow machine tests the
 machine.
@@ -19,6 +21,7 @@ import json
 import os
 import platform
 import re
+import resource
 import subprocess
 import sys
 import time
@@ -56,12 +59,17 @@ def main():
     cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--durations={args.durations}",
            *[f"--ignore={path}" for path in args.ignore]]
     print("$ " + " ".join(cmd), flush=True)
+    load_before = os.getloadavg()[0]  # what else was running: 0 on a quiet machine
+    cpu0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.time()
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     wall = time.time() - t0
+    cpu1 = resource.getrusage(resource.RUSAGE_CHILDREN)  # every descendant that was waited for
+    cpu = (cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime)
     summary = summary_line(done.stdout)
     slowest = parse_durations(done.stdout)
-    print(f"{summary}\nwall time {wall:.1f} s (exit code {done.returncode})\n\nslowest:")
+    print(f"{summary}\nwall time {wall:.1f} s, CPU time {cpu:.1f} s (exit code {done.returncode}); "
+          f"1-minute load average before: {load_before:.2f}\n\nslowest:")
     for seconds, phase, test in slowest:
         print(f"  {seconds:7.2f} s  {phase:8s} {test}")
     if done.returncode != 0:
@@ -71,7 +79,8 @@ def main():
     results.update({"machine": platform.platform(), "processor": platform.processor() or platform.machine(),
                     "cpu_count": os.cpu_count(), "torch": torch.__version__})
     results.setdefault("runs", {})[args.label] = {
-        "command": " ".join(["python", *cmd[1:]]), "wall_s": round(wall, 1), "exit_code": done.returncode,
+        "command": " ".join(["python", *cmd[1:]]), "wall_s": round(wall, 1), "cpu_s": round(cpu, 1),
+        "load_before": round(load_before, 2), "exit_code": done.returncode,
         "summary": summary, "slowest": [{"seconds": s, "phase": ph, "test": t} for s, ph, t in slowest],
         "date": datetime.date.today().isoformat()}
     os.makedirs(os.path.dirname(args.results), exist_ok=True)
