@@ -135,12 +135,18 @@ def test_bad_input_gets_a_clear_error(tmp_path, capsys):
         get_tokenizer("lab").encode("What is 2 + 2?")
 
 
-def test_transformers_builds_gpt2_from_the_repository_root():
-    """No module of ours shadows one transformers imports (a top-level `kernels` did: Hugging Face's kernels)."""
+def in_background(tmp):
+    """A fresh interpreter that builds a transformers GPT-2 from the repository root, where `python -c` puts the
+    root first on sys.path (conftest.py starts it at collection, beside the other tests)."""
     code = ("import importlib.util, os; from transformers import GPT2Config, GPT2LMHeadModel; "
             "GPT2LMHeadModel(GPT2Config(n_layer=1, n_head=2, n_embd=32)); "
             "spec = importlib.util.find_spec('kernels'); print(spec and spec.origin)")
-    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    return subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+
+
+def test_transformers_builds_gpt2_from_the_repository_root(background):
+    """No module of ours shadows one transformers imports (a top-level `kernels` did: Hugging Face's kernels)."""
+    proc = background
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert not proc.stdout.strip().startswith(os.path.join(ROOT, "kernels")), proc.stdout  # HF's, or none
     packages = [d for d in os.listdir(ROOT) if os.path.exists(os.path.join(ROOT, d, "__init__.py"))]
