@@ -10,7 +10,8 @@ start and the study: most of a minute each, in subprocesses) has it called in a 
 collection has selected one of its tests that take the `background` fixture, so the run goes on beside the other
 tests, on the second core; that fixture waits for it and returns what it returned (or raises what it raised).
 The tests and their assertions are the same as if the fixture had done the work; only the order changes. A
-session that stops early still waits for a run in flight to finish.
+session that stops early still waits for a run in flight to finish. A run in the background goes on while other
+tests monkeypatch os.environ: it passes its commands an environment copied at import (env=ENV), never the live one.
 """
 
 import concurrent.futures

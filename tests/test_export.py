@@ -26,6 +26,7 @@ from minirlhf.tokenizer import get_tokenizer
 
 transformers = pytest.importorskip("transformers")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ENV = dict(os.environ)  # taken at import: in_background runs while other tests may monkeypatch os.environ
 STRINGS = ["Hello world, the quick brown fox", "What is 3 + 4? I think it is 8.", "  two  spaces\n\nand lines\t",
            "it's we'll I'd they've", "naïve café, Straße, 東京 🙂",
            "a literal <|endoftext|> and <|pad|> stay text"]
@@ -141,7 +142,7 @@ def in_background(tmp):
     code = ("import importlib.util, os; from transformers import GPT2Config, GPT2LMHeadModel; "
             "GPT2LMHeadModel(GPT2Config(n_layer=1, n_head=2, n_embd=32)); "
             "spec = importlib.util.find_spec('kernels'); print(spec and spec.origin)")
-    return subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    return subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=120)
 
 
 def test_transformers_builds_gpt2_from_the_repository_root(background):

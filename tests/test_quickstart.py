@@ -3,9 +3,10 @@ tiny model and a few steps per stage, killed in the middle of the second round's
 minute on one core, started in the background at collection by conftest.py: one pipeline serves every check).
 
 The kill: `kill -9` of the quick start's own process only (not its process group); every process under it, the
-PPO stage it was running included, must stop too (the kernel's parent-death signal), not run on. The rerun must resume that PPO from its halfway
-checkpoint and finish it (not skip it as done, not start it over), its log.jsonl must hold every iteration
-exactly once, and the final policy must be the one the same PPO command writes without the interruption.
+PPO stage it was running included, must stop too (the kernel's parent-death signal), not run on. The rerun must
+resume that PPO from its halfway checkpoint and finish it (not skip it as done, not start it over), its log.jsonl
+must hold every iteration exactly once, and the final policy must be the one the same PPO command writes without
+the interruption.
 
 The pipeline: every stage of both rounds ran and handed off to the next (the second round's reward model continues
 the first's on both rounds' pairs, its PPO continues the first round's policy), the annotators' noise is the

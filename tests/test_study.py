@@ -14,11 +14,12 @@ import subprocess
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ENV = dict(os.environ)  # taken at import: the runs go on in the background while other tests monkeypatch os.environ
 
 
 def study(out):
     cmd = [sys.executable, "study.py", "--preset", "tiny", "--model", "tiny", "--out_dir", str(out)]
-    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    done = subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return done.stdout
 
