@@ -43,6 +43,10 @@ def main():
                         "size (gpt2 ... gpt2-xl: GPT-2's shape, randomly initialised, far slower on a CPU)")
     p.add_argument("--sft_steps", type=number(int, ge=1), default=1000)
     p.add_argument("--sft_lr", type=number(float, gt=0), default=2e-3)
+    p.add_argument("--sft_batch_size", type=number(int, ge=1), default=32, help="SFT examples per step")
+    p.add_argument("--micro_batch_size", type=number(int, ge=0), default=0,
+                   help="SFT examples and reward-model pairs per forward pass (0 = the whole step's batch); a step's "
+                        "examples are sorted by length before they are cut, so micro-batches pad less")
     p.add_argument("--samples_per_prompt", type=number(int, ge=2), default=4, help="SFT samples per prompt to pair up for labelling")
     p.add_argument("--label_prompts", type=number(int, ge=1), default=1200, help="prompts whose samples are labelled")
     p.add_argument("--annotator_temperature", type=number(float, ge=0), default=0.1,
@@ -54,7 +58,9 @@ def main():
                    help="rounds of iterated RLHF: reward model + PPO, then new pairs from the PPO policy, ...")
     p.add_argument("--rm_steps", type=number(int, ge=1), default=300, help="reward-model steps in the first round")
     p.add_argument("--rm_steps_next", type=number(int, ge=1), default=150, help="in each later round, continuing the last one")
+    p.add_argument("--rm_batch_size", type=number(int, ge=1), default=64, help="preference pairs per reward-model step")
     p.add_argument("--ppo_iters", type=number(int, ge=1), default=20, help="PPO iterations per round")
+    p.add_argument("--ppo_epochs", type=number(int, ge=1), default=4, help="PPO passes over each iteration's rollouts")
     p.add_argument("--n_eval_prompts", type=number(int, ge=1), default=100,
                    help="held-out prompts per lab family, for the report (and PPO's evaluation at the end of a round)")
     p.add_argument("--kl_coef", type=number(float, ge=0), default=0.2,
@@ -65,6 +71,10 @@ def main():
     out = args.out_dir
     data = os.path.join(out, "data")
     py = sys.executable
+
+    def micro(batch_size):  # --micro_batch_size for a stage whose steps take batch_size examples
+        return str(min(args.micro_batch_size or batch_size, batch_size))
+
     stages = [
         Stage("lab data",
          [py, "-m", "minirlhf.lab.make_data", "--out_dir", data, "--seed", str(args.seed),
@@ -72,7 +82,9 @@ def main():
         Stage("SFT",
          [py, "train_sft.py", "--train_data", f"{data}/sft.jsonl", "--eval_data", f"{data}/sft_eval.jsonl",
           "--out_dir", f"{out}/sft", "--init_from", f"scratch:{args.model}", "--max_steps", str(args.sft_steps),
-          "--lr", str(args.sft_lr), "--log_interval", "100", "--eval_interval", str(max(1, args.sft_steps // 2)),
+          "--lr", str(args.sft_lr), "--batch_size", str(args.sft_batch_size),
+          "--micro_batch_size", micro(args.sft_batch_size),
+          "--log_interval", "100", "--eval_interval", str(max(1, args.sft_steps // 2)),
           "--ckpt_interval", str(max(1, args.sft_steps // 2)), "--seed", str(args.seed)],
          resume_dir=f"{out}/sft"),
     ]
@@ -102,16 +114,16 @@ def main():
             Stage(f"reward model{tag}",
              [py, "train_rm.py", "--train_data", ",".join(prefs), "--sft_ckpt", f"{out}/sft/ckpt.pt",
               "--out_dir", rm_dir, "--max_steps", str(args.rm_steps if r == 1 else args.rm_steps_next),
-              "--batch_size", "64", "--micro_batch_size", "64", "--log_interval", "50", "--eval_interval", "1000",
-              "--ckpt_interval", "1000", "--seed", round_seed]
+              "--batch_size", str(args.rm_batch_size), "--micro_batch_size", micro(args.rm_batch_size),
+              "--log_interval", "50", "--eval_interval", "1000", "--ckpt_interval", "1000", "--seed", round_seed]
              + (["--init_from", prev_rm] if prev_rm else []), resume_dir=rm_dir),
             Stage(f"PPO{tag}",
              [py, "train_ppo.py", "--prompts", f"{data}/prompts_train.jsonl",  # the last round's held-out gold is
               "--eval_prompts", "" if last else f"{data}/prompts_eval.jsonl",  # the report's: not measured twice
               "--sft_ckpt", f"{out}/sft/ckpt.pt",
               "--rm_ckpt", f"{rm_dir}/ckpt.pt", "--out_dir", ppo_dir, "--num_iters", str(args.ppo_iters),
-              "--kl_coef", str(args.kl_coef), "--eval_interval", str(args.ppo_iters),
-              "--ckpt_interval", str(max(1, args.ppo_iters // 2)),
+              "--kl_coef", str(args.kl_coef), "--ppo_epochs", str(args.ppo_epochs),
+              "--eval_interval", str(args.ppo_iters), "--ckpt_interval", str(max(1, args.ppo_iters // 2)),
               "--log_samples", "1", "--seed", round_seed]
              + (["--policy_ckpt", prev_ppo] if prev_ppo else []), resume_dir=ppo_dir)]
         prev_rm, prev_ppo = f"{rm_dir}/ckpt.pt", f"{ppo_dir}/ckpt.pt"
