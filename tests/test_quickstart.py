@@ -31,8 +31,9 @@ from minirlhf.checkpoint import load_checkpoint
 from minirlhf.lab.world import FAMILIES
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = ["--model", "tiny", "--sft_steps", "20", "--label_prompts", "24", "--rm_steps", "3", "--rm_steps_next", "2",
-        "--ppo_iters", "4", "--n_eval_prompts", "2", "--annotator_temperature", "0"]  # PPO checkpoints at 2 and 4
+TINY = ["--model", "tiny", "--sft_steps", "20", "--sft_batch_size", "8", "--label_prompts", "24", "--rm_steps", "3",
+        "--rm_steps_next", "2", "--rm_batch_size", "16", "--ppo_iters", "4", "--ppo_epochs", "1",  # PPO: ckpt at 2, 4
+        "--n_eval_prompts", "2", "--annotator_temperature", "0"]
 STAGES = ["lab data", "SFT", "sample pairs", "label pairs", "reward model", "PPO",
           "sample pairs 2", "label pairs 2", "reward model 2", "PPO 2", "evaluation"]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
