@@ -29,10 +29,12 @@ import json
 import multiprocessing
 import os
 import runpy
+import select
 import shlex
 import signal
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -96,14 +98,35 @@ def _die_with_parent(parent_pid):
         os._exit(1)
 
 
-def _run_python(cmd, cwd, env):
-    """In the forked child: become the leader of a new process group (as start_new_session does), die with the
+def _stop_with(pipeline_pid):
+    """In a forked stage: stop the stage's process group when the pipeline's process ends, however it ends.
+
+    The stage's parent is the fork server, not the pipeline, and the server outlives a `kill -9` of the pipeline
+    (every stage it forked holds a copy of the pipe it watches), so PR_SET_PDEATHSIG cannot do it. A pidfd of
+    the pipeline (Linux >= 5.3) becomes readable when that process exits: a daemon thread waits on it, then sends
+    SIGTERM to the stage's group. Once the stage is gone, the server and its resource tracker exit too."""
+    if not hasattr(os, "pidfd_open"):
+        return
+    try:
+        fd = os.pidfd_open(pipeline_pid)
+    except ProcessLookupError:  # the pipeline is already gone
+        os._exit(1)
+    except OSError:
+        return
+
+    def wait():
+        select.select([fd], [], [])
+        os.killpg(os.getpgid(0), signal.SIGTERM)
+
+    threading.Thread(target=wait, daemon=True).start()
+
+
+def _run_python(cmd, cwd, env, pipeline_pid):
+    """In the forked child: become the leader of a new process group (as start_new_session does), stop with the
     pipeline, take the caller's environment, then run `python script.py args` or `python -m module args` as
     the interpreter would."""
     os.setsid()
-    if sys.platform.startswith("linux"):
-        # our parent is the fork server, which exits when the pipeline's process does: then so do we
-        _die_with_parent(os.getppid())
+    _stop_with(pipeline_pid)
     os.environ.clear()
     os.environ.update(env)
     if env.get("OMP_NUM_THREADS", "").isdigit():  # a fresh interpreter's torch would have read it at import
@@ -138,7 +161,7 @@ class _Forked:
     """A forked stage with Popen's two methods that run_command needs."""
 
     def __init__(self, cmd, cwd, env):
-        self.process = _fork_server().Process(target=_run_python, args=(cmd, cwd, env))
+        self.process = _fork_server().Process(target=_run_python, args=(cmd, cwd, env, os.getpid()))
         self.process.start()
         self.pid = self.process.pid
 
