@@ -11,7 +11,8 @@ steps, labelling appends line by line), so a killed pipeline, rerun, goes back i
 
 A stage started or finished with another command (other flags, same output folder) is an error, not a
 silent rerun over the old outputs: nothing on disk is lost. Each command runs in its own process group: when
-the pipeline is stopped (Ctrl-C, SIGTERM), the running stage is stopped with it, not left behind.
+the pipeline is stopped (Ctrl-C, SIGTERM) or killed (kill -9), the running stage is stopped with it, not left
+behind (tests/test_quickstart.py kills a quick start and checks that nothing under it runs on).
 
 Each command runs with OMP_WAIT_POLICY=PASSIVE unless the environment says otherwise: torch's threads then
 sleep, rather than spin, while they wait for each other. It changes no number, only speed: beside a busy
@@ -23,6 +24,7 @@ preloaded), as runpy runs a script: the same argv, working directory, environmen
 "__main__"`, in a process of its own, minus the 1.7 s that `import torch` takes on every fresh interpreter
 (a quick start has 11 stages). The server never computes, so forking it is safe (a process that has run
 OpenMP threads cannot be forked safely). Any other command (torchrun, ...) is exec'd as it is.
+tests/test_stages.py checks a forked stage against the same command in a fresh interpreter.
 """
 
 import json
