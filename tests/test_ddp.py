@@ -49,22 +49,19 @@ def ppo_flags(d, sft, out, micro_batch_size):
             "--log_samples", "0"]
 
 
-def torchrun(jobs, d):
+def start_torchrun(jobs, d):
     with open(f"{d}/jobs.json", "w") as f:
         json.dump(jobs, f)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
            os.path.join(ROOT, "tests", "ddp_worker.py"), f"{d}/jobs.json"]
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
-    sections = proc.stdout.split("### ")[1:]  # rank 0 opens each job's output with "### name"
-    return dict(section.split("\n", 1) for section in sections)
+    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """Tiny lab data and models, the single-process runs the PPO jobs start from, then one torchrun of every DDP
-    job. -> (folder, {job: its stdout on rank 0})"""
+    """Tiny lab data and models; one torchrun of every DDP job, and meanwhile the single-process references.
+    -> (folder, {job: its stdout on rank 0}, the one-process gradients on the fixed rollouts)"""
     d = tmp_path_factory.mktemp("ddp")
     for name, rows in make_data(seed=0, n_sft=96, n_train_per_family=4, n_eval_per_family=1).items():
         write_jsonl(str(d / f"{name}.jsonl"), rows)
@@ -74,25 +71,30 @@ def runs(tmp_path_factory):
     base = GPT(GPTConfig.preset("tiny", vocab_size=tok.vocab_size, block_size=96))
     save_checkpoint(f"{d}/base.pt", base, stage="sft", tokenizer_name="lab")
     save_checkpoint(f"{d}/rm.pt", ScalarGPT.from_gpt(base), stage="rm", tokenizer_name="lab", normalised=True)
-    train_sft.main(parse_args(train_sft.Args, sft_flags(d, f"{d}/sft_single")))
-    train_sft.main(parse_args(train_sft.Args, lora_sft_flags(d, f"{d}/lora_sft_single")))
     torch.manual_seed(1)
     responses = torch.randint(0, tok.eot_token, (8, 6))
     for row, n in enumerate([6, 6, 5, 6, 1, 2, 1, 3]):  # rank 0 holds 23 valid tokens, rank 1 holds 7
         if n < 6:
             responses[row, n - 1], responses[row, n:] = tok.eot_token, tok.pad_token
     torch.save(responses, d / "responses.pt")
-    return d, torchrun([
+    proc = start_torchrun([  # PPO starts from the SFT runs just before it
         ["sft", "train_sft.py", sft_flags(d, f"{d}/sft_ddp")],
         ["lora_sft", "train_sft.py", lora_sft_flags(d, f"{d}/lora_sft_ddp")],
-        ["ppo", "train_ppo.py", ppo_flags(d, f"{d}/sft_single/ckpt.pt", f"{d}/ppo", 1)],
-        ["lora_ppo", "train_ppo.py", ppo_flags(d, f"{d}/lora_sft_single/ckpt.pt", f"{d}/lora_ppo", 2)
+        ["ppo", "train_ppo.py", ppo_flags(d, f"{d}/sft_ddp/ckpt.pt", f"{d}/ppo", 1)],
+        ["lora_ppo", "train_ppo.py", ppo_flags(d, f"{d}/lora_sft_ddp/ckpt.pt", f"{d}/lora_ppo", 2)
          + ["--lr", "1e-3", *LORA]],
         ["fixed_rollouts", "fixed_rollouts", [str(d), f"{d}/fixed_ddp"]]], d)
+    train_sft.main(parse_args(train_sft.Args, sft_flags(d, f"{d}/sft_single")))
+    train_sft.main(parse_args(train_sft.Args, lora_sft_flags(d, f"{d}/lora_sft_single")))
+    fixed_single = fixed_rollout_gradients(str(d), f"{d}/fixed_single")  # one process, all 8 rollouts
+    stdout, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 0, stdout[-2000:] + stderr[-4000:]
+    sections = stdout.split("### ")[1:]  # rank 0 opens each job's output with "### name"
+    return d, dict(section.split("\n", 1) for section in sections), fixed_single
 
 
 def test_ddp_sft_equals_single_process_with_accumulation(runs):
-    d, stdout = runs
+    d, stdout, _ = runs
     assert "ranks in sync: 2 ranks" in stdout["sft"]
     ddp = load_checkpoint(f"{d}/sft_ddp/ckpt.pt")["model"]
     single = load_checkpoint(f"{d}/sft_single/ckpt.pt")["model"]
@@ -101,13 +103,13 @@ def test_ddp_sft_equals_single_process_with_accumulation(runs):
 
 
 def test_ddp_ppo_ranks_stay_in_sync(runs):
-    d, stdout = runs
+    d, stdout, _ = runs
     assert "ranks in sync: 2 ranks" in stdout["ppo"]
     assert load_checkpoint(f"{d}/ppo/ckpt.pt")["step"] == 2
 
 
 def test_lora_sft_and_ppo_under_ddp(runs):
-    d, stdout = runs
+    d, stdout, _ = runs
     assert "ranks in sync: 2 ranks" in stdout["lora_sft"]
     ddp, single = (load_checkpoint(f"{d}/{x}/ckpt.pt") for x in ("lora_sft_ddp", "lora_sft_single"))
     assert set(single["model"]) == {k for k in single["model"] if "lora_" in k} and single["lora"]["rank"] == 4
@@ -118,14 +120,13 @@ def test_lora_sft_and_ppo_under_ddp(runs):
 
     assert "ranks in sync: 2 ranks" in stdout["lora_ppo"]  # the checksum is over every weight, adapters included
     ckpt = load_checkpoint(f"{d}/lora_ppo/ckpt.pt")
-    assert ckpt["step"] == 2 and ckpt["lora"]["base"] == f"{d}/lora_sft_single/ckpt.pt"
+    assert ckpt["step"] == 2 and ckpt["lora"]["base"] == f"{d}/lora_sft_ddp/ckpt.pt"
     assert any(k.startswith("trunk.") and "lora_" in k for k in ckpt["value_model"])
     assert os.path.getsize(f"{d}/lora_ppo/ckpt.pt") < os.path.getsize(f"{d}/base.pt")  # adapters, not the trunks
 
 
-def test_ddp_ppo_loss_is_the_mean_over_all_ranks_valid_tokens(runs, tmp_path):
-    d, _ = runs
-    single = fixed_rollout_gradients(str(d), str(tmp_path / "single"))  # one process, all 8 rollouts
+def test_ddp_ppo_loss_is_the_mean_over_all_ranks_valid_tokens(runs):
+    d, _, single = runs
     ddp = torch.load(d / "fixed_ddp" / "grads.pt")
     assert len(single) == len(ddp) == 2  # policy, value model
     for one, two in zip(single, ddp):
