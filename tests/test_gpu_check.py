@@ -2,7 +2,8 @@
 run without CUDA) and writes its results file; a section runs as a child process, is stopped at its budget and
 skipped when no time is left; the peak-memory estimates it reads from the runs/ flags files agree with the
 arithmetic of runs/hh_rlhf.sh redone here from each file's own flags; its JUnit summary and its verdicts on the
-issue's targets match hand-made inputs; without --out a smoke run writes to an ignored folder.
+issue's targets match hand-made inputs; without --out a smoke run writes to an ignored folder. The full smoke run
+goes on in a fresh interpreter in the background from collection (conftest.py), beside the other tests.
 
     python -m pytest tests/test_gpu_check.py -q
 """
@@ -11,6 +12,7 @@ import importlib.util
 import json
 import os
 import subprocess
+import sys
 
 import pytest
 import torch
@@ -27,11 +29,30 @@ gpu_check = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(gpu_check)
 
 
-@pytest.mark.filterwarnings("ignore::RuntimeWarning")
-def test_smoke_runs_every_section_and_writes_results(tmp_path):
-    results, path = gpu_check.main(["--smoke", "--inprocess", "--out", str(tmp_path)])
-    with open(path) as f:
-        assert json.load(f) == json.loads(json.dumps(results))
+ENV = dict(os.environ)  # taken at import: in_background runs while other tests may monkeypatch os.environ
+SMOKE = """import json, sys, warnings
+out, sys.argv = sys.argv[1], ["bench/gpu_check.py", "--smoke"]  # what the script sees when run as one
+warnings.simplefilter("ignore", RuntimeWarning)
+sys.path.insert(0, "bench")
+import gpu_check
+results, path = gpu_check.main(["--smoke", "--inprocess", "--out", out])
+with open(path) as f:
+    assert json.load(f) == json.loads(json.dumps(results)), "the results file is not what main() returned"
+print(path)
+"""
+
+
+def in_background(tmp):
+    """The smoke run, every section in one fresh interpreter (conftest.py starts it at collection, beside the other
+    tests); it checks that the results file holds what main() returned, and prints the file's path."""
+    return subprocess.run([sys.executable, "-c", SMOKE, str(tmp)], cwd=ROOT, env=ENV, capture_output=True,
+                          text=True, timeout=600)
+
+
+def test_smoke_runs_every_section_and_writes_results(background):
+    assert background.returncode == 0, background.stdout[-2000:] + background.stderr[-3000:]
+    with open(background.stdout.split()[-1]) as f:
+        results = json.load(f)
     sections = results["sections"]
     assert {name: r["status"] for name, r in sections.items()} == {name: "ok" for name in sections}
     assert set(sections) | set(results["skipped"]) == set(gpu_check.SECTIONS)
