@@ -5,10 +5,11 @@ real Triton kernels on CPU tensors (inside `kernels.triton_on_cpu()`). It change
 context manager CPU tensors take the plain PyTorch reference path. With a GPU the kernels are compiled and the
 GPU tests run instead.
 
-The end-to-end runs start in the background. A test file that defines `in_background(tmp_path)` (the quick
-start and the study: most of a minute each, in subprocesses) has it called in a thread as soon as
-collection has selected one of its tests that take the `background` fixture, so the run goes on beside the other
-tests, on the second core; that fixture waits for it and returns what it returned (or raises what it raised).
+The long subprocess runs start in the background. A test file that defines `in_background(tmp_path)` (the quick
+start and the study, most of a minute each; the GPU check's smoke run; transformers from the repository root) has
+it called in a thread as soon as collection has selected one of its tests that take the `background` fixture, so
+the run goes on beside the other tests, on the second core; that fixture waits for it and returns what it
+returned (or raises what it raised).
 The tests and their assertions are the same as if the fixture had done the work; only the order changes. A
 session that stops early still waits for a run in flight to finish. A run in the background goes on while other
 tests monkeypatch os.environ: it passes its commands an environment copied at import (env=ENV), never the live one.
@@ -30,7 +31,8 @@ if not torch.cuda.is_available():
 # Small, deterministic, and not competing with itself for the 2 cores of a CI machine.
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
-_BACKGROUND = concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="in_background")
+# two at a time beside the tests on 2 cores, in the order of the files (the earliest needed first)
+_BACKGROUND = concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="in_background")
 _STARTED = {}  # test module name -> Future of its in_background(tmp_path)
 
 
