@@ -144,6 +144,49 @@ def generation():
     return "\n".join(rows)
 
 
+def quickstart_stages():
+    """bench/bench_lab.py: the quick start's wall time per stage, seed 0, quiet and beside a busy core, now and before
+    this session's speed work (lab_quickstart_before_cpu.json: the results file as committed in 78fc62a)."""
+    now, before = _load("lab_quickstart_cpu.json"), _load("lab_quickstart_before_cpu.json")
+    columns = [("before, quiet", before["runs"]["0"]["timings"]), ("before, busy core", before["busy_core"]["timings"]),
+               ("now, quiet", now["runs"]["0"]["timings"]), ("now, busy core", now["busy_core"]["timings"])]
+    rows = ["| stage | " + " | ".join(name for name, _ in columns) + " |", "|---|" + "---|" * len(columns)]
+    for stage in before["runs"]["0"]["timings"]:
+        label = "**total**" if stage == "total" else stage
+        rows.append(f"| {label} | " + " | ".join(f"{t.get(stage, 0):.1f}" for _, t in columns) + " |")
+    rows += ["", f"Seconds of wall time, seed 0, default flags, {now['cpu_count']} cores, torch {now['torch']}, "
+                 f"{now['torch_threads']} threads; before: {before['date']} (78fc62a), now: {now['date']}."]
+    return "\n".join(rows)
+
+
+def micro_batches():
+    """bench/bench_micro_batches.py: an SFT step of the lab's model by batch and micro-batch."""
+    r = _load("micro_batches_cpu.json")
+    rows = ["| examples per step | per forward (sorted by length when less) | ms per step | positions per real token |",
+            "|---|---|---|---|"]
+    rows += [f"| {x['batch_size']} | {x['micro_batch_size']} | {x['ms_per_step']:.1f} | {x['positions_per_token']:.3f} |"
+             for x in r["rows"]]
+    rows += ["", f"The lab's `{r['model']}` model, {r['steps']} steps each, {r['threads']} threads, torch {r['torch']}, "
+                 f"{r['cpu_count']} cores, {r['date']}."]
+    return "\n".join(rows)
+
+
+def quickstart_cuts():
+    """bench/quickstart_cuts.py: cheaper quick starts, per seed, and the rows on which PPO lost to SFT."""
+    cuts, default = _load("quickstart_cuts_cpu.json"), _load("lab_quickstart_cpu.json")
+    rows = ["| quick start | what it saves | seed | gold: SFT -> PPO | arithmetic: SFT -> PPO | rows where PPO lost to SFT |",
+            "|---|---|---|---|---|---|"]
+    for seed, run in default["runs"].items():
+        rows.append(f"| defaults | - | {seed} | {run['SFT']['gold']:.3f} -> {run['PPO']['gold']:.3f} | "
+                    f"{run['SFT']['gold/arithmetic']:.3f} -> {run['PPO']['gold/arithmetic']:.3f} | none |")
+    for name, cut in cuts["cuts"].items():
+        for seed, run in cut["seeds"].items():
+            lost = ", ".join(f"{k} {a:.3f} -> {b:.3f}" for k, a, b in run["wrong_rows"]) or "none"
+            rows.append(f"| `{' '.join(cut['flags'])}` | {cut['saves']} | {seed} | {run['gold'][0]:.3f} -> "
+                        f"{run['gold'][1]:.3f} | {run['gold/arithmetic'][0]:.3f} -> {run['gold/arithmetic'][1]:.3f} | {lost} |")
+    return "\n".join(rows)
+
+
 def lora_memory():
     """bench/bench_memory.py: memory per stage with and without LoRA, GPU arithmetic and CPU measurements."""
     sys.path.insert(0, os.path.join(ROOT, "bench"))
@@ -172,6 +215,9 @@ BLOCKS = {
     "antioveropt_signals": ("overoptimisation.md", "antioveropt_cpu.json", antioveropt_signals),
     "ppo_vs_trl": ("speed.md", "ppo_vs_trl_cpu.json", ppo_vs_trl),
     "generation": ("speed.md", "generate.jsonl", generation),
+    "quickstart_stages": ("speed.md", "lab_quickstart_cpu.json", quickstart_stages),
+    "quickstart_cuts": ("speed.md", "quickstart_cuts_cpu.json", quickstart_cuts),
+    "micro_batches": ("speed.md", "micro_batches_cpu.json", micro_batches),
     "lora_memory": ("lora.md", "memory_cpu.json", lora_memory),
     "lora_lab": ("lora.md", "lora_lab_cpu.json", lora_lab),
 }

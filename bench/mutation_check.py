@@ -101,6 +101,8 @@ MUTATIONS = [
     ("minirlhf/lora.py", "if rl and dropout > 0:", "if False:", "LoRA dropout not refused in RL", LORA),
     ("minirlhf/lora.py", "return AdaptersOff(trunk), ValueOnTrunk(trunk)", "return trunk, ValueOnTrunk(trunk)",
      "LoRA PPO's reward read with the value adapters on", LORA),
+    ("train_rm.py", "make_batch(mine[i: i + micro_size], rt.device", "make_batch(mine[i: i + micro_size - 1], rt.device",
+     "length-sorted micro-batches drop a pair each", ["tests/test_micro_batches.py"]),
 ]
 
 

@@ -32,7 +32,7 @@ CUTS = {
     "rm32_ppo2": (["--rm_batch_size", "32", "--ppo_epochs", "2"], "half the reward-model and PPO-update work", [0, 1]),
     "rm200_100_rm32_ppo2": (["--rm_steps", "200", "--rm_steps_next", "100", "--rm_batch_size", "32", "--ppo_epochs", "2"],
                             "two thirds less reward-model work, half the PPO update", [0]),
-    "micro16": (["--micro_batch_size", "16"], "the same work on fewer padding positions (length-sorted micro-batches)",
+    "micro16": (["--micro_batch_size", "16"], "the same work on 15 % fewer positions (length-sorted micro-batches; 3 % less time per SFT step)",
                 [0, 1, 2]),
     "micro16_rm32_ppo2": (["--micro_batch_size", "16", "--rm_batch_size", "32", "--ppo_epochs", "2"],
                           "micro16, and half the reward-model and PPO-update work", [0]),
