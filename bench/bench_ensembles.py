@@ -28,14 +28,14 @@ seed and the best-of-n samples' seed; the lab data, the SFT models, the labelled
 flip = 25 % flipped, both at annotator temperature 0.1) and the members are shared by all seeds. So the seeds'
 spread measures the policy side only; the members' own variation is measured on the gold-labelled pairs.
 
-What the committed results come from (2026-12-06, 2 shared cores; docs/ensembles.md says what did not finish):
+What the committed results come from (2026-12-06, 2 cores, at first shared with other jobs; docs/ensembles.md):
 
     python bench/bench_ensembles.py --phase prep
-    python bench/bench_ensembles.py --phase rms --noises flip --only flip_s0/a0,flip_s0/a1,...   # a0-a3, b0-b2, c1-c3
-    python bench/bench_ensembles.py --phase warm --noises flip
-    python bench/bench_ensembles.py --phase bon --noises flip --seeds 0
-    python bench/bench_ensembles.py --phase runs --noises flip --kl_coefs 0.01 --only ppo_flip_single_kl0.01_s0,...
-    python bench/bench_ensembles.py --phase analyse --noises flip --kl_coefs 0.01 --note "..."
+    python bench/bench_ensembles.py --phase rms --noises flip,clean
+    python bench/bench_ensembles.py --phase warm --noises flip,clean
+    python bench/bench_ensembles.py --phase bon --noises flip,clean --seeds 0
+    python bench/bench_ensembles.py --phase runs --noises flip,clean --kl_coefs 0.01,0.0
+    python bench/bench_ensembles.py --phase analyse --noises flip,clean --kl_coefs 0.01,0.0 --note "..."
 
 Everything is the project's own commands (train_sft.py, train_rm.py, train_ppo.py --rm_ckpt a,b,c,d
 --rm_aggregate, minirlhf.lab.*), run through minirlhf/stages.py: a finished command is skipped on a rerun, so
