@@ -33,7 +33,7 @@ What the committed results come from (2026-12-06, 2 cores, at first shared with 
     python bench/bench_ensembles.py --phase prep
     python bench/bench_ensembles.py --phase rms --noises flip,clean
     python bench/bench_ensembles.py --phase warm --noises flip,clean
-    python bench/bench_ensembles.py --phase bon --noises flip,clean --seeds 0
+    python bench/bench_ensembles.py --phase bon --noises flip,clean --seeds 0,1,2
     python bench/bench_ensembles.py --phase runs --noises flip,clean --kl_coefs 0.01,0.0
     python bench/bench_ensembles.py --phase analyse --noises flip,clean --kl_coefs 0.01,0.0 --note "..."
 
