@@ -6,7 +6,7 @@
     python bench/bench_ensembles.py --phase bon             # best-of-n and the members' errors on gold-labelled pairs
     python bench/bench_ensembles.py --phase runs --jobs 2   # PPO at kl_coef 0.01 and 0 against each kind
     python bench/bench_ensembles.py --phase analyse         # tables, bench/results/ensembles_cpu.{json,md,png}
-    python bench/bench_ensembles.py --phase docs            # docs/ensembles.md's tables from that file (check: compare)
+    python bench/docs_check.py --update                     # docs/ensembles.md's tables from that file
 
 Four members per ensemble, in four kinds (issue 26; Coste et al. 2024, Eisenstein et al. 2023, Rame et al. 2024):
   a  fine-tune seed only: members start from the same SFT model, learn from the same pairs, differ in seed
@@ -225,7 +225,7 @@ def run_parallel(stages, out, jobs):
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out_dir", default="out/ensembles")
-    p.add_argument("--phase", required=True, choices=["prep", "rms", "warm", "bon", "runs", "analyse", "docs", "check"])
+    p.add_argument("--phase", required=True, choices=["prep", "rms", "warm", "bon", "runs", "analyse"])
     p.add_argument("--jobs", type=int, default=2)
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--noises", default="flip,clean")
@@ -259,13 +259,6 @@ def main():
         from bench.ensembles_analysis import analyse
         analyse(out, runs_stages(out, seeds, noises, [float(k) for k in a.kl_coefs.split(",")], a.iters, a.agg),
                 seeds, noises, a.json, a.note)
-    if a.phase in ("docs", "check"):  # docs/ensembles.md's tables from the results file; check: exit 1 on a difference
-        from bench.ensembles_analysis import check_docs, update_docs
-        if a.phase == "docs":
-            update_docs()
-        problem = check_docs()
-        print(problem or "docs/ensembles.md: the tables equal bench/results/ensembles_cpu.json")
-        sys.exit(1 if problem else 0)
     if a.phase == "rms":
         st = rm_stages(out, noises)
         if a.only:

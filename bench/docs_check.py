@@ -8,7 +8,8 @@ for the README's quick-start table.
 
 A block in a page looks like this (NAME is a key of BLOCKS below; the generator is the project's own report code
 where there is one: minirlhf/lab/study_report.py for the study, bench/antioveropt_analysis.py for the
-over-optimisation counter-measures):
+over-optimisation counter-measures, bench/ensembles_analysis.py and bench/gold_audit.py for theirs). A block may
+stand in more than one page; every copy is checked:
 
     <!-- begin generated: NAME, from bench/results/FILE by `python bench/docs_check.py --update`; do not edit by hand -->
     ...
@@ -99,6 +100,26 @@ def antioveropt_signals(z="2.0"):
 def antioveropt_bestofn():
     text = _antioveropt()
     return _section(text, "Best-of-n gold (") + "\n\n" + _section(text, "| labels / reward | n=")
+
+
+def seed_fits():
+    """study.py --seeds: Gao et al.'s fits per seed and over seeds (the report's tables, without its heading)."""
+    from minirlhf.lab.study_report import seeds_markdown
+    return "\n".join(seeds_markdown(_load("study_seeds.json"))[2:])
+
+
+def gold_audit():
+    """bench/gold_audit.py: the gold-audit stop against labels spent, beside the label-free stop."""
+    sys.path.insert(0, os.path.join(ROOT, "bench"))
+    from gold_audit import markdown
+    return markdown(_load("gold_audit_cpu.json"))
+
+
+def ensembles():
+    """bench/bench_ensembles.py --phase analyse: the members' errors, best-of-n and PPO against each kind."""
+    sys.path.insert(0, os.path.join(ROOT, "bench"))
+    from ensembles_analysis import markdown
+    return markdown(_load("ensembles_cpu.json"))
 
 
 # ---- single measurements --------------------------------------------------------------------------------------
@@ -220,6 +241,9 @@ BLOCKS = {
     "micro_batches": ("speed.md", "micro_batches_cpu.json", micro_batches),
     "lora_memory": ("lora.md", "memory_cpu.json", lora_memory),
     "lora_lab": ("lora.md", "lora_lab_cpu.json", lora_lab),
+    "seed_fits": ("stopping_and_seeds.md", "study_seeds.json", seed_fits),
+    "gold_audit": ("stopping_and_seeds.md", "gold_audit_cpu.json", gold_audit),
+    "ensembles": ("ensembles.md", "ensembles_cpu.json", ensembles),
 }
 BLOCK_RE = re.compile(r"<!-- begin generated: ([\w-]+), .*?-->\n(.*?)<!-- end generated: \1 -->", re.S)
 

@@ -407,37 +407,3 @@ def plot(res, path):
                 ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-
-
-# ----------------------------------------------------------------------------- docs/ensembles.md
-
-
-DOC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs", "ensembles.md")
-RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "ensembles_cpu.json")
-BEGIN = "<!-- tables from bench/results/ensembles_cpu.json: `python bench/bench_ensembles.py --phase docs` writes them -->"
-END = "<!-- end of the tables from bench/results/ensembles_cpu.json -->"
-
-
-def docs_tables(doc_text):
-    """The text between BEGIN and END in the page."""
-    if BEGIN not in doc_text or END not in doc_text:
-        raise ValueError(f"{DOC}: the markers {BEGIN!r} and {END!r} are missing")
-    return doc_text.split(BEGIN, 1)[1].split(END, 1)[0].strip("\n")
-
-
-def check_docs(doc=DOC, results=RESULTS):
-    """'' when the page's tables equal markdown(results), else a unified diff."""
-    import difflib
-    have, want = docs_tables(open(doc).read()), markdown(json.load(open(results)))
-    if have == want:
-        return ""
-    return f"{doc} differs from {results}:\n" + "\n".join(
-        difflib.unified_diff(have.splitlines(), want.splitlines(), doc, results, lineterm=""))
-
-
-def update_docs(doc=DOC, results=RESULTS):
-    text = open(doc).read()
-    docs_tables(text)  # the markers are there
-    head, rest = text.split(BEGIN, 1)
-    with open(doc, "w") as f:
-        f.write(head + BEGIN + "\n" + markdown(json.load(open(results))) + "\n" + END + rest.split(END, 1)[1])
