@@ -182,7 +182,7 @@ def _is_python(cmd):
 
 def run_command(cmd, cwd=None):
     """Run cmd in its own process group; if we are interrupted, stop the whole group before re-raising; if we
-    are killed outright, the kernel stops the command (_die_with_parent)."""
+    are killed outright, the command stops too (a forked stage by _stop_with, an exec'd one by _die_with_parent)."""
     env = {**os.environ, "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
     if _is_python(cmd):
         proc = _Forked(cmd, cwd, env)
@@ -234,8 +234,8 @@ def run_stages(stages, state_dir, cwd=None):
 
 def run_stages_apart(stages, state_dirs, jobs, cwd=None):
     """Independent stages, `jobs` at a time, each a pipeline of one with its own state folder (the benchmarks'
-    sweeps): a rerun skips those that finished, whatever order they ran in. Each runs with one thread
-    (set OMP_NUM_THREADS=1): side by side, one-thread processes use the cores better than threads would."""
+    sweeps): a rerun skips those that finished, whatever order they ran in. Give each stage one thread (--threads 1
+    or OMP_NUM_THREADS=1): side by side, one-thread processes use the cores better than threads would."""
     with ProcessPoolExecutor(jobs) as pool:
         for _ in pool.map(run_stages, [[stage] for stage in stages], state_dirs, [cwd] * len(stages)):
             pass

@@ -3,7 +3,7 @@ tiny model and a few steps per stage, killed in the middle of the second round's
 minute on one core, started in the background at collection by conftest.py: one pipeline serves every check).
 
 The kill: `kill -9` of the quick start's own process only (not its process group); every process under it, the
-PPO stage it was running included, must stop too (the kernel's parent-death signal), not run on. The rerun must
+PPO stage it was running included, must stop too (minirlhf/stages.py stops a stage with its pipeline), not run on. The rerun must
 resume that PPO from its halfway checkpoint and finish it (not skip it as done, not start it over), its log.jsonl
 must hold every iteration exactly once, and the final policy must be the one the same PPO command writes without
 the interruption.
