@@ -29,6 +29,7 @@ import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.join(ROOT, "bench"))  # the benchmarks' own report code
 RESULTS = os.path.join(ROOT, "bench", "results")
 DOCS = os.path.join(ROOT, "docs")
 
@@ -79,7 +80,6 @@ def study_tax(name="study_full.json"):
 # ---- against over-optimisation (bench/bench_antioveropt.py; tables from bench/antioveropt_analysis.py) ---------
 
 def _antioveropt():
-    sys.path.insert(0, os.path.join(ROOT, "bench"))
     from antioveropt_analysis import markdown
     return markdown(os.path.join(RESULTS, "antioveropt_cpu.json"), os.path.join(RESULTS, "antioveropt_cpu_bon.json"))
 
@@ -110,14 +110,12 @@ def seed_fits():
 
 def gold_audit():
     """bench/gold_audit.py: the gold-audit stop against labels spent, beside the label-free stop."""
-    sys.path.insert(0, os.path.join(ROOT, "bench"))
     from gold_audit import markdown
     return markdown(_load("gold_audit_cpu.json"))
 
 
 def ensembles():
     """bench/bench_ensembles.py --phase analyse: the members' errors, best-of-n and PPO against each kind."""
-    sys.path.insert(0, os.path.join(ROOT, "bench"))
     from ensembles_analysis import markdown
     return markdown(_load("ensembles_cpu.json"))
 
@@ -210,14 +208,12 @@ def quickstart_cuts():
 
 def lora_memory():
     """bench/bench_memory.py: memory per stage with and without LoRA, GPU arithmetic and CPU measurements."""
-    sys.path.insert(0, os.path.join(ROOT, "bench"))
     from bench_memory import docs_tables
     return docs_tables(_load("memory_cpu.json"))
 
 
 def lora_lab():
     """bench/bench_lora_lab.py: LoRA against full fine-tuning on the lab, per seed."""
-    sys.path.insert(0, os.path.join(ROOT, "bench"))
     from bench_lora_lab import table_md
     return table_md(_load("lora_lab_cpu.json"))
 
