@@ -63,6 +63,9 @@ def main():
     p.add_argument("--ppo_epochs", type=number(int, ge=1), default=4, help="PPO passes over each iteration's rollouts")
     p.add_argument("--n_eval_prompts", type=number(int, ge=1), default=100,
                    help="held-out prompts per lab family, for the report (and PPO's evaluation at the end of a round)")
+    p.add_argument("--eval_samples", type=number(int, ge=1), default=4,
+                   help="the report's responses per held-out prompt (with one, a row of the same models moved by up to "
+                        "0.2 from one sampling seed to the next: bench/bench_eval_noise.py)")
     p.add_argument("--kl_coef", type=number(float, ge=0), default=0.2,
                    help="PPO's beta; higher than the usual 0.05 as a guard against this small reward model's blind "
                         "spots, which PPO can find at 0.05 (see the README)")
@@ -132,8 +135,8 @@ def main():
         Stage("evaluation",
          [py, "-m", "minirlhf.lab.evaluate", f"SFT={out}/sft/ckpt.pt", f"PPO={out}/ppo/ckpt.pt",
           "--rm", f"{out}/rm/ckpt.pt", "--ref", f"{out}/sft/ckpt.pt", "--prompts", f"{data}/prompts_eval.jsonl",
-          "--json", f"{out}/report.json", "--plot", ",".join(ppo_logs),  # all rounds as one run
-          "--plot_out", f"{out}/gold_vs_kl.png"]))
+          "--samples_per_prompt", str(args.eval_samples), "--json", f"{out}/report.json",
+          "--plot", ",".join(ppo_logs), "--plot_out", f"{out}/gold_vs_kl.png"]))  # the plot: all rounds as one run
     t_start = time.time()
     timings = run_stages(stages, state_dir=out, cwd=ROOT)
     total = time.time() - t_start

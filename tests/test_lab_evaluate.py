@@ -149,3 +149,21 @@ def test_plot_curve_runs_along_kl_not_along_iterations():
     points = [(0.1, 1.0), (0.5, 5.0), (0.2, 2.0), (0.4, 4.0), (0.3, 3.0), (0.6, 6.0)]
     xs, ys = _binned_means(points, size=2)
     assert xs == pytest.approx([0.15, 0.35, 0.55]) and ys == pytest.approx([1.5, 3.5, 5.5])
+
+
+def test_samples_per_prompt_average_every_response(tmp_path, capsys):
+    """--samples_per_prompt K answers each prompt K times: the gold row is the mean of all K x N printed verdicts."""
+    tok, policy, _ = tiny_models()
+    path = str(tmp_path / "sft.pt")
+    save_checkpoint(path, policy, stage="sft", tokenizer_name="lab")
+    main([f"m={path}", "--n_per_family", "1", "--samples_per_prompt", "3", "--max_new_tokens", "4", "--show", "100",
+          "--json", str(tmp_path / "report.json")])
+    out = capsys.readouterr().out
+    shown = [line for line in out.splitlines() if line.startswith("[m] ")]
+    assert len(shown) == 3 * len(world.FAMILIES)
+    questions = [line.split(" ->")[0] for line in shown]
+    assert all(questions.count(q) == 3 for q in questions)
+    golds = [float(line.rsplit("gold ", 1)[1]) for line in shown]
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["m"]["gold"] == pytest.approx(sum(golds) / len(golds), abs=0.006)  # printed to 2 decimals
+    assert f"{len(world.FAMILIES)} held-out prompts x 3 samples" in out

@@ -6,8 +6,9 @@ gold-vs-proxy plot of a PPO run.
     python -m minirlhf.lab.evaluate out/ppo.pt --plot out/ppo/log.jsonl --plot_out out/gold_vs_kl.png
 
 Each checkpoint answers the same held-out prompts (default: the lab's held-out split for seed 0, 20 per
-family; or --prompts FILE), sampled at --temperature (default 0.7; 0 = greedy) with the same seed. The
-table has one column per checkpoint:
+family; or --prompts FILE), --samples_per_prompt times each, sampled at --temperature (default 0.7; 0 = greedy)
+with the same seed. A row is an estimate: one response per prompt is noisy enough to flip a small gain
+(bench/bench_eval_noise.py; the quick start takes four). The table has one column per checkpoint:
 
     gold           mean gold score, and per family
     helpful acc.   correct answers on arithmetic and known facts
@@ -295,6 +296,8 @@ def main(argv=None):
     parser.add_argument("--ref", default=None, help="reference (SFT) checkpoint: adds KL to it")
     parser.add_argument("--prompts", default=None, help="prompts JSONL (default: the lab's held-out split)")
     parser.add_argument("--n_per_family", type=number(int, ge=1), default=20, help="default prompts: how many per family")
+    parser.add_argument("--samples_per_prompt", type=number(int, ge=1), default=1,
+                        help="responses sampled for each prompt; the rows are means over all of them (more: less noise)")
     parser.add_argument("--pairs", default=None, help="preferences JSONL: also report the RM's accuracy on it")
     parser.add_argument("--temperature", type=number(float, ge=0), default=0.7, help="sampling temperature (0 = greedy)")
     parser.add_argument("--max_new_tokens", type=number(int, ge=1), default=48)
@@ -318,6 +321,7 @@ def main(argv=None):
     if args.ckpts:
         prompts = ([r["prompt"] for r in read_jsonl(args.prompts, PROMPT_FIELDS)] if args.prompts
                    else [t.prompt for t in eval_tasks(args.seed, args.n_per_family)])
+        prompts = [p for p in prompts for _ in range(args.samples_per_prompt)]
         rm = ref = None
         if args.rm:  # train_rm.py folds the normalisation into the score head: its output is used as it is
             rm, _, _ = load_model(args.rm, expect="scalar", device=args.device)
@@ -336,7 +340,8 @@ def main(argv=None):
             for s, j in judged[: args.show]:
                 question = parse_prompt(s.prompt).question
                 print(f"[{name}] {question!r} ->{s.text!r}{'' if s.ended else ' (no eot)'}  gold {j.score:+.2f}")
-        print(f"{len(prompts)} held-out prompts, temperature {args.temperature}, seed {args.seed}")
+        print(f"{len(prompts) // args.samples_per_prompt} held-out prompts x {args.samples_per_prompt} samples, "
+              f"temperature {args.temperature}, seed {args.seed}")
         print(format_table(columns))
         if args.pairs:
             acc = rm_accuracy(rm, tok, read_jsonl(args.pairs, PREFERENCE_FIELDS))
