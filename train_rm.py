@@ -119,11 +119,15 @@ def normalise_on_sft_samples(rm, sft, tok, prompts, args, device):
 
 @torch.no_grad()
 def training_score_quantiles(rm, pairs, args, device, pad_id):
-    """Normalised scores of every training response (chosen and rejected) -> {quantile: score}, max included.
+    """Normalised scores of every distinct training response (chosen and rejected) -> {quantile: score}, max included.
 
     Stored in the checkpoint so that PPO can count the responses its reward model scores above anything the
     model saw in training (an early-warning signal of reward hacking: the policy has left the data)."""
-    sequences = [pair.chosen.tokens for pair in pairs] + [pair.rejected.tokens for pair in pairs]
+    # A response is a side of every pair its prompt's samples form with it, and a prompt's samples often repeat
+    # one another: score each distinct one once, in order of length, so that a batch pads little.
+    sequences = sorted({tuple(t) for pair in pairs for t in (pair.chosen.tokens, pair.rejected.tokens)},
+                       key=lambda t: (len(t), t))
+    sequences = [list(t) for t in sequences]
     scores = []
     for i in range(0, len(sequences), args.micro_batch_size):
         ids, mask = left_pad(sequences[i: i + args.micro_batch_size], pad_id)

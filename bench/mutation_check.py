@@ -103,6 +103,9 @@ MUTATIONS = [
      "LoRA PPO's reward read with the value adapters on", LORA),
     ("train_rm.py", "make_batch(mine[i: i + micro_size], rt.device", "make_batch(mine[i: i + micro_size - 1], rt.device",
      "length-sorted micro-batches drop a pair each", ["tests/test_micro_batches.py"]),
+    ("train_rm.py", "sequences = [list(t) for t in sequences]",
+     "sequences = [pair.chosen.tokens for pair in pairs] + [pair.rejected.tokens for pair in pairs]",
+     "training-score quantiles count a response once per pair it is in", ["tests/test_antioveropt.py"]),
 ]
 
 

@@ -144,3 +144,27 @@ def test_early_stop_fires_when_the_policy_runs_and_not_when_it_cannot_move(lab, 
         return len(read_log(out / "log.jsonl"))
     assert run(tmp_path / "hacking", 3e-3) < 24
     assert run(tmp_path / "calm", 0.0) == 24
+
+
+def test_training_score_quantiles_over_each_distinct_response(lab):
+    """train_rm stores quantiles of its scores on the training responses (the monitor's above_train_max reads the
+    maximum). A sample is in every pair its prompt's samples form with it: each distinct response counts once. The
+    reference scores each one alone, unpadded, and takes torch.quantile of those scores in float64."""
+    from types import SimpleNamespace
+
+    import train_rm
+    from minirlhf.checkpoint import load_model
+    from minirlhf.data import load_pairs
+    from minirlhf.scoring import last_token_scores
+    rm, tok, _ = load_model(f"{lab}/rm/ckpt.pt", expect="scalar")
+    pairs, _ = load_pairs(f"{lab}/prefs.jsonl", tok, rm.config.block_size)
+    pairs += [pair._replace(chosen=pair.rejected, rejected=pair.chosen) for pair in pairs[:10]]  # seen again
+    responses = {tuple(side.tokens) for pair in pairs for side in (pair.chosen, pair.rejected)}
+    assert len(responses) < 2 * len(pairs), "responses repeat across pairs: the case this checks"
+    with torch.no_grad():
+        alone = torch.tensor([last_token_scores(rm, torch.tensor([t]), torch.ones(1, len(t), dtype=torch.long)).item()
+                              for t in responses], dtype=torch.float64)
+    got = train_rm.training_score_quantiles(rm, pairs, SimpleNamespace(micro_batch_size=5), "cpu", tok.pad_token)
+    assert sorted(got) == ["0.5", "0.9", "0.99", "1.0"]
+    for q, value in got.items():
+        assert value == pytest.approx(torch.quantile(alone, float(q)).item(), rel=1e-5, abs=1e-6), q
