@@ -165,15 +165,18 @@ def generation():
 
 def quickstart_stages():
     """bench/bench_lab.py: the quick start's wall time per stage, seed 0, quiet and beside a busy core, now and before
-    this session's speed work (lab_quickstart_before_cpu.json: the results file as committed in 78fc62a)."""
+    the fork server (lab_quickstart_before_cpu.json: the results file as committed in 78fc62a); now, also the other
+    seeds that ran alone on the machine."""
     now, before = _load("lab_quickstart_cpu.json"), _load("lab_quickstart_before_cpu.json")
+    quiet = [str(seed) for seed in now.get("quiet_seeds", [0])]  # the other seeds show how much a quiet run varies
     columns = [("before, quiet", before["runs"]["0"]["timings"]), ("before, busy core", before["busy_core"]["timings"]),
                ("now, quiet", now["runs"]["0"]["timings"]), ("now, busy core", now["busy_core"]["timings"])]
+    columns += [(f"now, quiet, seed {seed}", now["runs"][seed]["timings"]) for seed in quiet if seed != "0"]
     rows = ["| stage | " + " | ".join(name for name, _ in columns) + " |", "|---|" + "---|" * len(columns)]
     for stage in before["runs"]["0"]["timings"]:
         label = "**total**" if stage == "total" else stage
         rows.append(f"| {label} | " + " | ".join(f"{t.get(stage, 0):.1f}" for _, t in columns) + " |")
-    rows += ["", f"Seconds of wall time, seed 0, default flags, {now['cpu_count']} cores, torch {now['torch']}, "
+    rows += ["", f"Seconds of wall time, seed 0 unless named, default flags, {now['cpu_count']} cores, torch {now['torch']}, "
                  f"{now['torch_threads']} threads; before: {before['date']} (78fc62a), now: {now['date']}."]
     return "\n".join(rows)
 
@@ -195,14 +198,33 @@ def quickstart_cuts():
     cuts, default = _load("quickstart_cuts_cpu.json"), _load("lab_quickstart_cpu.json")
     rows = ["| quick start | what it saves | seed | gold: SFT -> PPO | arithmetic: SFT -> PPO | rows where PPO lost to SFT |",
             "|---|---|---|---|---|---|"]
+    from quickstart_cuts import wrong_rows
     for seed, run in default["runs"].items():
+        lost = ", ".join(f"{k} {a:.3f} -> {b:.3f}" for k, a, b in wrong_rows(run)) or "none"
         rows.append(f"| defaults | - | {seed} | {run['SFT']['gold']:.3f} -> {run['PPO']['gold']:.3f} | "
-                    f"{run['SFT']['gold/arithmetic']:.3f} -> {run['PPO']['gold/arithmetic']:.3f} | none |")
+                    f"{run['SFT']['gold/arithmetic']:.3f} -> {run['PPO']['gold/arithmetic']:.3f} | {lost} |")
     for name, cut in cuts["cuts"].items():
         for seed, run in cut["seeds"].items():
             lost = ", ".join(f"{k} {a:.3f} -> {b:.3f}" for k, a, b in run["wrong_rows"]) or "none"
             rows.append(f"| `{' '.join(cut['flags'])}` | {cut['saves']} | {seed} | {run['gold'][0]:.3f} -> "
                         f"{run['gold'][1]:.3f} | {run['gold/arithmetic'][0]:.3f} -> {run['gold/arithmetic'][1]:.3f} | {lost} |")
+    return "\n".join(rows)
+
+
+def eval_noise():
+    """bench/bench_eval_noise.py: the report's rows under other sampling seeds, one and four samples per prompt."""
+    r = _load("eval_noise_cpu.json")
+    ks = r["samples"]
+    rows = ["| row | " + " | ".join(f"{k} sample{'s' if k > 1 else ''} per prompt: SFT's spread | PPO's gain, min to max | "
+                                   f"seeds where PPO was not better" for k in ks) + " |",
+            "|---|" + "---|---|---|" * len(ks)]
+    for row in r["rows"]:
+        cells = [f"{row[f'k{k}']['sft_spread']:.3f} | {row[f'k{k}']['gain_min']:+.3f} to {row[f'k{k}']['gain_max']:+.3f} | "
+                 f"{row[f'k{k}']['seeds_ppo_worse']} of {len(r['seeds'])}" for k in ks]
+        rows.append(f"| {row['label']} | " + " | ".join(cells) + " |")
+    rows += ["", f"The same SFT and PPO checkpoints (`{r['run']}`), {r['prompts_per_family']} held-out prompts per family, "
+                 f"sampling seeds {', '.join(map(str, r['seeds']))}; spread: largest minus smallest value over the seeds; "
+                 f"gain: PPO's move the right way. {r['threads']} threads, torch {r['torch']}, {r['date']}."]
     return "\n".join(rows)
 
 
@@ -234,6 +256,7 @@ BLOCKS = {
     "generation": ("speed.md", "generate.jsonl", generation),
     "quickstart_stages": ("speed.md", "lab_quickstart_cpu.json", quickstart_stages),
     "quickstart_cuts": ("speed.md", "quickstart_cuts_cpu.json", quickstart_cuts),
+    "eval_noise": ("lab_results.md", "eval_noise_cpu.json", eval_noise),
     "micro_batches": ("speed.md", "micro_batches_cpu.json", micro_batches),
     "lora_memory": ("lora.md", "memory_cpu.json", lora_memory),
     "lora_lab": ("lora.md", "lora_lab_cpu.json", lora_lab),
