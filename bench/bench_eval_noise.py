@@ -26,6 +26,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 from bench_lab import METRICS  # noqa: E402  (the README table's rows)
 from minirlhf.lab import evaluate  # noqa: E402
+from minirlhf.lab.world import FAMILIES  # noqa: E402
 
 
 def main():
@@ -46,6 +47,8 @@ def main():
                                "--json", path])
                 with open(path) as f:
                     reports.setdefault(k, []).append(json.load(f))
+    with open(f"{run}/data/prompts_eval.jsonl") as f:
+        n_prompts = sum(1 for _ in f)
     rows = []
     for key, label, sign in METRICS:
         if sign == 0 or key not in reports[args.samples[0]][0]["SFT"]:
@@ -68,7 +71,7 @@ def main():
         print(f"{row['label']:<30}{cells}")
     with open(args.out, "w") as f:
         json.dump({"run": args.run, "seeds": args.seeds, "samples": args.samples, "rows": rows,
-                   "prompts_per_family": sum(1 for _ in open(f"{run}/data/prompts_eval.jsonl")) // 6,
+                   "prompts_per_family": n_prompts // len(FAMILIES),
                    "machine": platform.platform(), "torch": torch.__version__, "threads": torch.get_num_threads(),
                    "date": datetime.date.today().isoformat()}, f, indent=1)
     print(f"-> {args.out}")
