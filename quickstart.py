@@ -17,8 +17,9 @@ Two rounds of iterated RLHF, not one: the first round's PPO policy finds respons
 overrates (on this lab, mostly wrong sums), and labelling the policy's own samples puts such responses
 in front of the annotators. The README shows one round against two.
 
-Every stage runs torch on a thread count fixed by the machine (training.set_cpu_threads: two for the lab's
-small models), never one read from how busy it is, so a rerun on the same machine gives the same report.
+Each stage runs torch on the cores free when it starts (training.set_cpu_threads: two for the lab's small
+models on a quiet 2-core machine, one beside a busy core); the digits do not depend on that count
+(tests/test_threads.py), so a rerun on the same machine gives the same report, busy or not.
 `python bench/bench_lab.py` measures the quick start's wall time, on a quiet machine and beside a busy core.
 """
 

@@ -36,6 +36,7 @@ import difflib
 import json
 import os
 import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -97,12 +98,22 @@ def markdown_table(results, one_round=None):
     busy = results.get("busy_core")
     beside = "" if not busy else (
         f"; seed {busy['seed']} again beside a busy core (another process spinning): "
-        f"{busy['timings'].get('total', float('nan')):.0f} s, "
+        f"{busy['timings'].get('total', float('nan')):.0f} s{threads_said([busy.get('threads')], ' on ')}, "
         + ("the same table" if busy["same_report"] else "a different report"))
+    threads = threads_said([results["runs"][s].get("threads") for s in seeds], " ") or f" {results['torch_threads']} threads"
     lines += ["", f"Measured {results['date']} on {results['processor']}, {results['cpu_count']} cores, torch "
-              f"{results['torch']}, {results['torch_threads']} threads; quick start options {args}; wall time on a quiet "
+              f"{results['torch']},{threads}; quick start options {args}; wall time on a quiet "
               f"machine: {totals or 'not measured'}{beside}." + (f" {results['note']}" if results.get("note") else "")]
     return "\n".join(lines)
+
+
+def threads_said(runs, lead):
+    """'2 threads per stage' from the runs' stage thread counts ('1-2' when they differ); '' when not recorded."""
+    counts = sorted({n for threads in runs if threads for n in threads})
+    if not counts:
+        return ""
+    said = str(counts[0]) if len(counts) == 1 else f"{counts[0]}-{counts[-1]}"
+    return f"{lead}{said} thread{'s' if counts[-1] > 1 else ''} per stage"
 
 
 def _fmt(x):
@@ -157,7 +168,9 @@ def run_seed(seed, out_dir, reuse, extra, busy_core=False):
         spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if busy_core else None
         try:
             time.sleep(1 if busy_core else 0)  # the spinner running before the first stage starts
-            subprocess.run(cmd, cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
+            os.makedirs(out_dir, exist_ok=True)
+            with open(os.path.join(out_dir, "quickstart.log"), "w") as log:  # for the stages' thread counts
+                subprocess.run(cmd, cwd=ROOT, check=True, stdout=log)
         finally:
             if spinner:
                 spinner.kill()
@@ -166,14 +179,16 @@ def run_seed(seed, out_dir, reuse, extra, busy_core=False):
         report = json.load(f)
     timings_path = os.path.join(out_dir, "timings.json")
     timings = json.load(open(timings_path)) if os.path.exists(timings_path) else {}
-    return report, timings
+    return report, timings, stage_threads(os.path.join(out_dir, "quickstart.log"))
 
 
-def stage_threads():
-    """The thread count the quick start's stages run with (training.set_cpu_threads on a lab model)."""
-    from minirlhf.training import SMALL_MODEL_THREADS
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return min(cores, SMALL_MODEL_THREADS)
+def stage_threads(log_path):
+    """The thread counts the run's training stages picked (training.set_cpu_threads), as they printed them
+    ("... (2 CPU threads)"), in stage order; None for a run without its log."""
+    if not os.path.exists(log_path):
+        return None
+    with open(log_path) as f:
+        return [int(m) for m in re.findall(r"\((\d+) CPU threads\)", f.read())]
 
 
 def main():
@@ -206,18 +221,19 @@ def main():
 
     runs, reports = {}, {}
     for seed in args.seeds:
-        reports[seed], timings = run_seed(seed, os.path.join(ROOT, args.out_dir, f"seed{seed}"), args.reuse, extra)
+        reports[seed], timings, threads = run_seed(seed, os.path.join(ROOT, args.out_dir, f"seed{seed}"), args.reuse,
+                                                   extra)
         report = reports[seed]
         runs[seed] = {"SFT": report["SFT"], "PPO": report["PPO"], "rm_probe": report.get("rm_probe"),
-                      "timings": timings}
+                      "timings": timings, "threads": threads}
         print(f"seed {seed}: {timings.get('total', float('nan')):.0f} s, gold {report['SFT']['gold']:.3f} -> "
               f"{report['PPO']['gold']:.3f}", flush=True)
     busy = None
     if args.busy_core is not None:
         seed = args.busy_core
-        report, timings = run_seed(seed, os.path.join(ROOT, args.out_dir, f"seed{seed}_busy"), args.reuse, extra,
-                                   busy_core=True)
-        busy = {"seed": seed, "timings": timings, "same_report": report == reports.get(seed)}
+        report, timings, threads = run_seed(seed, os.path.join(ROOT, args.out_dir, f"seed{seed}_busy"), args.reuse,
+                                            extra, busy_core=True)
+        busy = {"seed": seed, "timings": timings, "threads": threads, "same_report": report == reports.get(seed)}
         print(f"seed {seed} beside a busy core: {timings.get('total', float('nan')):.0f} s; the same report as "
               f"the quiet run: {busy['same_report'] if seed in reports else 'no quiet run to compare'}", flush=True)
 
@@ -244,8 +260,6 @@ def main():
     with open(path, "w") as f:
         json.dump({"machine": platform.platform(), "processor": platform.processor() or platform.machine(),
                    "cpu_count": os.cpu_count(), "torch": torch.__version__,
-                   # each stage's count, as training.set_cpu_threads picks it for the lab's small models
-                   "torch_threads": int(os.environ.get("OMP_NUM_THREADS") or stage_threads()),
                    "quickstart_args": extra, "runs": runs, "ppo_better_seeds": verdicts, "busy_core": busy,
                    "quiet_seeds": args.seeds if args.quiet_seeds is None else args.quiet_seeds,
                    "note": args.note, "date": datetime.date.today().isoformat()}, f, indent=1)

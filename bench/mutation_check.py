@@ -106,6 +106,11 @@ MUTATIONS = [
     ("train_rm.py", "sequences = [list(t) for t in sequences]",
      "sequences = [pair.chosen.tokens for pair in pairs] + [pair.rejected.tokens for pair in pairs]",
      "training-score quantiles count a response once per pair it is in", ["tests/test_antioveropt.py"]),
+    ("minirlhf/model.py", "x = F.layer_norm(x, x.shape[-1:], eps=self.eps) * self.weight",
+     "return F.layer_norm(x, x.shape[-1:], self.weight, self.bias, eps=self.eps)",
+     "torch's fused LayerNorm: its gradients' digits depend on the thread count", ["tests/test_threads.py"]),
+    ("minirlhf/__init__.py", 'os.environ.setdefault("MKL_CBWR", "AUTO,STRICT")', 'os.environ.setdefault("MKL_CBWR", "AUTO")',
+     "MKL's matmuls not in strict mode: their digits depend on the thread count", ["tests/test_threads.py"]),
 ]
 
 

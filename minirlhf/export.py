@@ -10,7 +10,7 @@ with transformers installed, without minirlhf:
 
 The folder:
 - config.json: GPT2LMHeadModel with our n_layer, n_head, n_embd, n_positions (= block_size), vocab_size;
-  activation gelu_new (our MLP's tanh GELU), layer-norm eps 1e-5 (nn.LayerNorm's), tied embeddings, dropout
+  activation gelu_new (our MLP's tanh GELU), layer-norm eps 1e-5 (model.LayerNorm's, as nn.LayerNorm's), tied embeddings, dropout
   as trained, end-of-text as bos/eos and our pad token as pad_token_id.
 - model.safetensors: the weights under GPT-2's names (transformer.h.N.attn.c_attn.weight, ...). GPT-2 stores
   its four matmul weights as Conv1D, (in, out): those are transposed (model.HF_CONV1D_WEIGHTS, the same list

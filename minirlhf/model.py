@@ -105,12 +105,33 @@ class MLP(nn.Module):
         return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))
 
 
+class LayerNorm(nn.Module):
+    """nn.LayerNorm's math and parameter names, with the gain and bias applied after normalising.
+
+    Why not nn.LayerNorm: its fused CPU backward sums the gain's and bias's gradients over the rows in one piece
+    per thread, so their digits depend on the thread count. Here autograd sums them as the gradient of a
+    multiply and an add, and with MKL's strict reproducible mode for matmuls (minirlhf/__init__.py) a CPU run
+    gives the same digits on one thread as on two (tests/test_threads.py), which lets the thread count follow
+    the cores that are free (training.set_cpu_threads).
+    """
+
+    def __init__(self, n, bias=True, eps=1e-5):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(n))
+        self.bias = nn.Parameter(torch.zeros(n)) if bias else None
+        self.eps = eps
+
+    def forward(self, x):
+        x = F.layer_norm(x, x.shape[-1:], eps=self.eps) * self.weight
+        return x if self.bias is None else x + self.bias
+
+
 class Block(nn.Module):
     def __init__(self, config, layer_idx):
         super().__init__()
-        self.ln_1 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.ln_1 = LayerNorm(config.n_embd, bias=config.bias)
         self.attn = CausalSelfAttention(config, layer_idx)
-        self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.ln_2 = LayerNorm(config.n_embd, bias=config.bias)
         self.mlp = MLP(config)
 
     def forward(self, x, attn_mask, cache=None, start=0):
@@ -144,7 +165,7 @@ class GPT(nn.Module):
             wpe=nn.Embedding(config.block_size, config.n_embd),
             drop=nn.Dropout(config.dropout),
             h=nn.ModuleList([Block(config, i) for i in range(config.n_layer)]),
-            ln_f=nn.LayerNorm(config.n_embd, bias=config.bias),
+            ln_f=LayerNorm(config.n_embd, bias=config.bias),
         ))
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         self.transformer.wte.weight = self.lm_head.weight  # weight tying, as in GPT-2

@@ -14,9 +14,8 @@ silent rerun over the old outputs: nothing on disk is lost. Each command runs in
 the pipeline is stopped (Ctrl-C, SIGTERM) or killed (kill -9), the running stage is stopped with it, not left
 behind (tests/test_quickstart.py kills a quick start and checks that nothing under it runs on).
 
-Each command runs with OMP_WAIT_POLICY=PASSIVE unless the environment says otherwise: torch's threads then
-sleep, rather than spin, while they wait for each other. It changes no number, only speed: beside a busy
-core a spinning thread takes CPU time from the thread it waits for (see training.set_cpu_threads).
+Each stage picks its thread count from the cores free when it starts (training.set_cpu_threads): two on a
+quiet 2-core machine, one beside a busy core, the same digits either way.
 
 A command of the form `python script.py ...` or `python -m module ...` (this interpreter) is not exec'd: it
 runs in a process forked from a server that imported torch once (multiprocessing's "forkserver", torch
@@ -153,7 +152,6 @@ def _fork_server():
     """The multiprocessing context whose server imported torch (started on first use, with the stage env)."""
     global _FORK_SERVER
     if _FORK_SERVER is None:
-        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # read by OpenMP when the server imports torch
         _FORK_SERVER = multiprocessing.get_context("forkserver")
         # torch (1.7 s), the compiler stack the first optimizer imports (torch._dynamo, about 1 s) and triton
         # (0.2 s): imported once here rather than in every stage; a module missing here is skipped
@@ -183,7 +181,7 @@ def _is_python(cmd):
 def run_command(cmd, cwd=None):
     """Run cmd in its own process group; if we are interrupted, stop the whole group before re-raising; if we
     are killed outright, the command stops too (a forked stage by _stop_with, an exec'd one by _die_with_parent)."""
-    env = {**os.environ, "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
+    env = dict(os.environ)
     if _is_python(cmd):
         proc = _Forked(cmd, cwd, env)
     else:

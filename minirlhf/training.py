@@ -130,30 +130,57 @@ def step_generator(seed, step, rank=0, device="cpu", stream=0):
 
 
 def set_cpu_threads(num_params, requested=0):
-    """Choose torch's CPU thread count from the model's size and the machine's cores; returns it.
+    """Choose torch's CPU thread count from the model's size and the cores free right now; returns it.
 
-    The count is fixed by the machine, never by how busy it is: the thread count changes how a matmul splits its
-    sums, so a count read from the load average would make a run's digits depend on what else was running.
-    Models under SMALL_MODEL (the lab's) use at most SMALL_MODEL_THREADS: their matmuls are small, so more
-    threads mostly add waiting. Bigger ones use every core this process may run on.
+    The count follows the load because the digits do not depend on it: matmuls run in MKL's strict reproducible
+    mode (minirlhf/__init__.py) and model.LayerNorm sums its gradients the same way on any number of threads, so
+    a lab run gives the same checkpoints and report on one thread as on two (tests/test_threads.py). Where torch
+    has no MKL (ARM builds use other BLAS libraries, whose sums split with the threads) the count stays fixed by
+    the machine: the cores this process may run on.
 
-    The trade-off: when another process holds a core, threads that wait on each other wait for the slowest
-    one, so a multi-threaded run slows more than a one-thread run would. Two things soften it: waiting threads
-    that sleep instead of spinning (OMP_WAIT_POLICY=PASSIVE, which minirlhf.stages sets for the pipelines'
-    stages), and, where the work splits into independent parts (a study's lanes), one-thread processes side by
-    side instead of threads (set OMP_NUM_THREADS=1 for them). `requested` > 0 (the --threads flag) or
-    OMP_NUM_THREADS in the environment overrides the choice. On GPU the count only affects host work.
-    The quick start measured both ways, quiet and beside a busy core: bench/results/lab_quickstart_cpu.json.
+    Why follow the load: threads wait for each other at the end of every op. On free cores a waiting thread spins
+    and the work splits evenly; when another process holds one of two cores, a second thread shares a core with
+    it and the first waits for it at every op, so one thread alone is faster (an SFT step of the lab: 70 ms on two
+    free cores, 118 ms on one thread beside a busy core, 209 ms on two). Models under SMALL_MODEL (the lab's) use
+    at most SMALL_MODEL_THREADS: their matmuls are small, so more threads mostly add waiting. `requested` > 0 (the
+    --threads flag) or OMP_NUM_THREADS in the environment overrides the choice. On GPU it only affects host work.
     """
     if requested > 0:
         n = requested
     elif os.environ.get("OMP_NUM_THREADS"):
         return torch.get_num_threads()
     else:
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        n = min(cores, SMALL_MODEL_THREADS) if num_params < SMALL_MODEL else cores
+        cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
+        n = free_cores(cores) if torch.backends.mkl.is_available() else len(cores)
+        n = min(n, SMALL_MODEL_THREADS) if num_params < SMALL_MODEL else n
     torch.set_num_threads(n)
     return n
+
+
+def free_cores(cores, window=0.1):
+    """How many of these CPUs sat idle over the next `window` seconds (at least 1); all of them where Linux's
+    /proc/stat is not there to say."""
+    try:
+        before = cpu_ticks(cores)
+        time.sleep(window)
+        after = cpu_ticks(cores)
+    except OSError:
+        return len(cores)
+    idle = sum((after[c][0] - before[c][0]) / max(1, after[c][1] - before[c][1]) for c in before)
+    return max(1, min(len(cores), round(idle)))
+
+
+def cpu_ticks(cores, stat="/proc/stat"):
+    """{cpu number: (idle ticks, all ticks)} since boot, for these CPUs, as Linux counts them in /proc/stat
+    (a line `cpuN user nice system idle iowait irq softirq steal ...`; idle here is idle + iowait)."""
+    ticks = {}
+    with open(stat) as f:
+        for line in f:
+            name, *counts = line.split()
+            if name.startswith("cpu") and name[3:].isdigit() and int(name[3:]) in cores:
+                counts = [int(c) for c in counts[:8]]
+                ticks[int(name[3:])] = (counts[3] + counts[4], sum(counts))
+    return ticks
 
 
 SMALL_MODEL = 20_000_000  # parameters; the lab's models (1M) are far below, GPT-2 124M far above

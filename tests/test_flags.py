@@ -98,15 +98,21 @@ def test_quickstart_flag_out_of_range_is_refused_by_name(argv, flag, capsys, mon
     assert flag in capsys.readouterr().err and not (tmp_path / "qs").exists()
 
 
-def test_cpu_threads_chosen_from_the_work_and_the_cores_never_the_load(monkeypatch):
+def test_cpu_threads_chosen_from_the_work_and_the_free_cores(monkeypatch):
+    from minirlhf import training
     before = torch.get_num_threads()
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
+    free = {"n": 8}
+    monkeypatch.setattr(training, "free_cores", lambda cores: min(free["n"], len(cores)))
     try:
-        monkeypatch.setattr(os, "getloadavg", lambda: (0.1, 0.0, 0.0))
         assert set_cpu_threads(1_000_000) == 2 == torch.get_num_threads()  # a lab model: two threads
-        assert set_cpu_threads(124_000_000) == 8  # a big model: every core
-        monkeypatch.setattr(os, "getloadavg", lambda: (5.4, 0.0, 0.0))  # a busy machine changes nothing
+        assert set_cpu_threads(124_000_000) == 8  # a big model: every free core
+        free["n"] = 1  # the other cores busy: one thread each (the digits are the same: tests/test_threads.py)
+        assert (set_cpu_threads(1_000_000), set_cpu_threads(124_000_000)) == (1, 1)
+        free["n"] = 5
+        assert (set_cpu_threads(1_000_000), set_cpu_threads(124_000_000)) == (2, 5)
+        monkeypatch.setattr(torch.backends.mkl, "is_available", lambda: False)  # no MKL: the count the machine has
         assert (set_cpu_threads(1_000_000), set_cpu_threads(124_000_000)) == (2, 8)
         monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0}, raising=False)
         assert (set_cpu_threads(1_000_000), set_cpu_threads(124_000_000)) == (1, 1)  # one core: one thread
