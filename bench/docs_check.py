@@ -165,8 +165,9 @@ def generation():
 
 def quickstart_stages():
     """bench/bench_lab.py: the quick start's wall time per stage, seed 0, quiet and beside a busy core, now and before
-    the fork server (lab_quickstart_before_cpu.json: the results file as committed in 78fc62a); now, also the other
-    seeds that ran alone on the machine."""
+    threads followed the free cores (lab_quickstart_before_cpu.json: the version of 61617f2, run in the same hour as
+    now, one run after the other); now, also the other seeds that ran alone on the machine."""
+    from bench_lab import threads_said
     now, before = _load("lab_quickstart_cpu.json"), _load("lab_quickstart_before_cpu.json")
     quiet = [str(seed) for seed in now.get("quiet_seeds", [0])]  # the other seeds show how much a quiet run varies
     columns = [("before, quiet", before["runs"]["0"]["timings"]), ("before, busy core", before["busy_core"]["timings"]),
@@ -176,8 +177,11 @@ def quickstart_stages():
     for stage in before["runs"]["0"]["timings"]:
         label = "**total**" if stage == "total" else stage
         rows.append(f"| {label} | " + " | ".join(f"{t.get(stage, 0):.1f}" for _, t in columns) + " |")
-    rows += ["", f"Seconds of wall time, seed 0 unless named, default flags, {now['cpu_count']} cores, torch {now['torch']}, "
-                 f"{now['torch_threads']} threads; before: {before['date']} (78fc62a), now: {now['date']}."]
+    busy = threads_said([now["busy_core"].get("threads")], "")
+    rows += ["", f"Seconds of wall time, seed 0 unless named, default flags, {now['cpu_count']} cores, torch {now['torch']}; "
+                 f"before: {before['date']} (61617f2: {before['torch_threads']} threads, OMP_WAIT_POLICY=PASSIVE), now: "
+                 f"{now['date']} ({threads_said([r.get('threads') for r in now['runs'].values()], '')} quiet, {busy} "
+                 f"beside the busy core)."]
     return "\n".join(rows)
 
 
@@ -195,7 +199,8 @@ def micro_batches():
 
 def quickstart_cuts():
     """bench/quickstart_cuts.py: cheaper quick starts, per seed, and the rows on which PPO lost to SFT."""
-    cuts, default = _load("quickstart_cuts_cpu.json"), _load("lab_quickstart_cpu.json")
+    # the cuts ran on the version of 61617f2: their defaults are that version's quick start, not today's
+    cuts, default = _load("quickstart_cuts_cpu.json"), _load("lab_quickstart_61617f2_cpu.json")
     rows = ["| quick start | what it saves | seed | gold: SFT -> PPO | arithmetic: SFT -> PPO | rows where PPO lost to SFT |",
             "|---|---|---|---|---|---|"]
     from quickstart_cuts import wrong_rows

@@ -140,8 +140,8 @@ def set_cpu_threads(num_params, requested=0):
 
     Why follow the load: threads wait for each other at the end of every op. On free cores a waiting thread spins
     and the work splits evenly; when another process holds one of two cores, a second thread shares a core with
-    it and the first waits for it at every op, so one thread alone is faster (an SFT step of the lab: 70 ms on two
-    free cores, 118 ms on one thread beside a busy core, 209 ms on two). Models under SMALL_MODEL (the lab's) use
+    it and the first waits for it at every op, so one thread alone is faster (bench/bench_lab.py --busy_core times
+    the quick start both ways: bench/results/lab_quickstart_before_cpu.json). Models under SMALL_MODEL (the lab's) use
     at most SMALL_MODEL_THREADS: their matmuls are small, so more threads mostly add waiting. `requested` > 0 (the
     --threads flag) or OMP_NUM_THREADS in the environment overrides the choice. On GPU it only affects host work.
     """
