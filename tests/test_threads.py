@@ -27,9 +27,9 @@ ENV = dict(os.environ)  # taken at import: in_background runs while other tests 
 STAGES = ["sft", "rm", "ppo"]
 
 
-def run_chain(d, threads):
+def run_chain(d):
     """The lab's chain in folder d: SFT (the `small` model, the quick start's batch of 32), SFT samples labelled by
-    the simulated annotators, a reward model, two PPO iterations; each stage picks `threads` from OMP_NUM_THREADS."""
+    the simulated annotators, a reward model, two PPO iterations, on the threads the caller set."""
     import train_ppo
     import train_rm
     import train_sft
@@ -57,14 +57,13 @@ def run_chain(d, threads):
 
 
 def in_background(tmp):
-    """The chain on one thread and on two, each in a process of its own (conftest.py starts this beside the other
+    """The chain on one thread, then on two, in a process of its own (conftest.py starts this beside the other
     tests; the digits must not care what else runs)."""
-    for threads in (1, 2):
-        cmd = [sys.executable, os.path.abspath(__file__), str(tmp / f"threads{threads}")]
-        done = subprocess.run(cmd, cwd=ROOT, env={**ENV, "OMP_NUM_THREADS": str(threads), "PYTHONPATH": ROOT},
-                              capture_output=True, text=True, timeout=600)
-        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-        assert f"({threads} CPU threads)" in done.stdout
+    done = subprocess.run([sys.executable, os.path.abspath(__file__), str(tmp)], cwd=ROOT, env={**ENV, "PYTHONPATH": ROOT},
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    threads = done.stdout.split("(1 CPU threads)")
+    assert len(threads) == 4 and "(2 CPU threads)" in threads[-1]  # SFT, RM, PPO on one thread, then on two
     return tmp
 
 
@@ -113,5 +112,8 @@ def test_free_cores_counts_the_idle_share_of_each_cpu(monkeypatch, busy, expect)
     assert free_cores([0, 1], window=0) == expect
 
 
-if __name__ == "__main__":  # in_background's processes: python tests/test_threads.py FOLDER
-    run_chain(sys.argv[1], int(os.environ["OMP_NUM_THREADS"]))
+if __name__ == "__main__":  # in_background's process: python tests/test_threads.py FOLDER
+    for n in (1, 2):
+        os.environ["OMP_NUM_THREADS"] = str(n)  # set_cpu_threads keeps the count it finds
+        torch.set_num_threads(n)
+        run_chain(os.path.join(sys.argv[1], f"threads{n}"))
