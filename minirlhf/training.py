@@ -130,20 +130,22 @@ def step_generator(seed, step, rank=0, device="cpu", stream=0):
 
 
 def set_cpu_threads(num_params, requested=0):
-    """Choose torch's CPU thread count from the model's size and the cores free right now; returns it.
+    """Choose torch's CPU thread count from the model's size and, for the lab's models, the cores free now.
 
-    The count follows the load because the digits do not depend on it: matmuls run in MKL's strict reproducible
-    mode (minirlhf/__init__.py) and model.LayerNorm sums its gradients the same way on any number of threads, so
-    a lab run gives the same checkpoints and report on one thread as on two (tests/test_threads.py). Where torch
-    has no MKL (ARM builds use other BLAS libraries, whose sums split with the threads) the count stays fixed by
-    the machine: the cores this process may run on.
+    Models under SMALL_MODEL (the lab's) take the cores idle when the stage starts, at most SMALL_MODEL_THREADS
+    (their matmuls are small, so more threads mostly add waiting): two on a quiet 2-core machine, one beside a
+    busy core. Following the load is safe because their digits do not depend on the count: matmuls run in MKL's
+    strict reproducible mode (minirlhf/__init__.py) and model.LayerNorm sums its gradients the same way on any
+    number of threads, so a lab run gives the same checkpoints and report on one thread as on two
+    (tests/test_threads.py). Where torch has no MKL (ARM builds use other BLAS libraries, whose sums split with
+    the threads), and for bigger models (not checked that way), the count is fixed by the machine instead: the
+    cores this process may run on.
 
     Why follow the load: threads wait for each other at the end of every op. On free cores a waiting thread spins
     and the work splits evenly; when another process holds one of two cores, a second thread shares a core with
-    it and the first waits for it at every op, so one thread alone is faster (bench/bench_lab.py --busy_core times
-    the quick start both ways: bench/results/lab_quickstart_before_cpu.json). Models under SMALL_MODEL (the lab's) use
-    at most SMALL_MODEL_THREADS: their matmuls are small, so more threads mostly add waiting. `requested` > 0 (the
-    --threads flag) or OMP_NUM_THREADS in the environment overrides the choice. On GPU it only affects host work.
+    it and the first waits for it at every op, so one thread alone does as well (docs/speed.md: the quick start
+    beside a busy core). `requested` > 0 (the --threads flag) or OMP_NUM_THREADS in the environment overrides the
+    choice. On GPU the count only affects host work.
     """
     if requested > 0:
         n = requested
@@ -151,8 +153,10 @@ def set_cpu_threads(num_params, requested=0):
         return torch.get_num_threads()
     else:
         cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
-        n = free_cores(cores) if torch.backends.mkl.is_available() else len(cores)
-        n = min(n, SMALL_MODEL_THREADS) if num_params < SMALL_MODEL else n
+        if num_params < SMALL_MODEL:
+            n = min(free_cores(cores) if torch.backends.mkl.is_available() else len(cores), SMALL_MODEL_THREADS)
+        else:
+            n = len(cores)
     torch.set_num_threads(n)
     return n
 
