@@ -106,14 +106,9 @@ class MLP(nn.Module):
 
 
 class LayerNorm(nn.Module):
-    """nn.LayerNorm's math and parameter names, with the gain and bias applied after normalising.
-
-    Why not nn.LayerNorm: its fused CPU backward sums the gain's and bias's gradients over the rows in one piece
-    per thread, so their digits depend on the thread count. Here autograd sums them as the gradient of a
-    multiply and an add, and with MKL's strict reproducible mode for matmuls (minirlhf/__init__.py) a CPU run
-    gives the same digits on one thread as on two (tests/test_threads.py), which lets the thread count follow
-    the cores that are free (training.set_cpu_threads).
-    """
+    """nn.LayerNorm's math and parameter names, the gain and bias applied after normalising: its fused CPU backward
+    sums their gradients in one piece per thread, autograd here sums them the same way on any thread count (so,
+    with MKL's strict mode, minirlhf/__init__.py, a CPU run does not depend on it: tests/test_threads.py)."""
 
     def __init__(self, n, bias=True, eps=1e-5):
         super().__init__()
